@@ -1,0 +1,59 @@
+"""The interface between `Session` and a model (the torch streaming model, its ONNX twin, Whisper).
+
+A model is stateless between calls: every stream's state is a value passed in and returned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from streamst.tokenizer import Tokenizer
+
+
+@dataclass
+class Hypothesis:
+    """A decoder continuation after a forced prefix.
+
+    `tokens` exclude the prefix and EOS; `attention` is [layers, heads, len(tokens), frames] cross-attention
+    over the memory that was decoded from (None if the model does not expose it); `ended` is True when the
+    decoder produced EOS after `tokens`.
+    """
+
+    tokens: list[int]
+    attention: torch.Tensor | None
+    ended: bool
+    score: float = 0.0
+
+
+class SpeechModel(Protocol):
+    """What `Session` needs from a model.
+
+    `frame_ms`: source ms per encoder frame. `appends_memory`: True when `encode` returns only the frames of
+    new audio (causal cached encoder), False when it returns the whole current memory (Whisper re-encodes its
+    window every chunk).
+    """
+
+    frame_ms: float
+    appends_memory: bool
+    tokenizer: Tokenizer  # target-side tokenizer (what the decoder writes)
+    task: str  # "asr" or "st"
+
+    def init_state(self) -> Any: ...
+
+    def encode(self, audio: torch.Tensor, state: Any, final: bool = False) -> tuple[torch.Tensor, Any]:
+        """Consume 16 kHz mono float audio [samples]; return encoder frames [T, D] and the new state."""
+        ...
+
+    def drop_frames(self, state: Any, n: int) -> Any:
+        """Forget the first n frames of the memory (StreamAtt); a no-op for appending encoders."""
+        ...
+
+    def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64) -> Hypothesis:
+        """Force `prefix` (target token ids of the kept history), then continue greedily or with beam search."""
+        ...
+
+    def ctc_words(self, memory: torch.Tensor) -> int | None:
+        """Words in the source so far, from the CTC head (None if the model has none)."""
+        ...
