@@ -8,6 +8,7 @@ Policies are immutable configuration; their per-stream bookkeeping is an explici
 from __future__ import annotations
 
 import dataclasses
+import keyword
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -42,6 +43,13 @@ class PolicyView:
     chunks: int  # chunks read so far
     finished: bool  # the stream has ended: the session will flush whatever is left after this
     source_words: int | None = None  # words in the source so far, estimated from CTC (None if unknown)
+    prefix_attention: np.ndarray | None = None  # [layers, heads, n_prefix_tokens, frames] of the forced prefix
+    prefix_pieces: list[str] = dataclasses.field(default_factory=list)  # pieces of the forced prefix
+    # The forced decoder prefix (the kept committed history) and its cross-attention over the current memory,
+    # [layers, heads, len(prefix_pieces), frames], from the same decoder pass as the candidate. StreamAtt
+    # needs it to find the earliest frame the kept history attends to; None if the model exposes none.
+    prefix_pieces: tuple[str, ...] = ()
+    prefix_attention: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,15 @@ def _convert(value: str, typ: Any, key: str, name: str) -> Any:
         raise ValueError(f"policy {name!r}: {key}={value!r} is not a valid {getattr(typ, '__name__', typ)}") from None
 
 
+def _spec_key(field_name: str) -> str:
+    """A field named after a Python keyword carries a trailing underscore (`lambda_`); specs spell it `lambda`."""
+    return field_name[:-1] if field_name.endswith("_") and keyword.iskeyword(field_name[:-1]) else field_name
+
+
+def _field_name(spec_key: str) -> str:
+    return spec_key + "_" if keyword.iskeyword(spec_key) else spec_key
+
+
 def parse_policy(spec: str) -> Policy:
     """Build a policy from a spec string such as `waitk:k=3` or `alignatt:frames=4,beam=1`.
 
@@ -116,11 +133,11 @@ def parse_policy(spec: str) -> Policy:
     kwargs: dict[str, Any] = {}
     for item in filter(None, (a.strip() for a in args.split(","))):
         key, eq, value = item.partition("=")
-        key = key.strip()
+        key = _field_name(key.strip())
         if not eq or key not in fields:
-            valid = ", ".join(f"{f}={fields[f].default!r}" for f in fields)
+            valid = ", ".join(f"{_spec_key(f)}={fields[f].default!r}" for f in fields)
             raise ValueError(f"policy {name!r}: bad setting {item!r}; valid keys: {valid}")
-        kwargs[key] = _convert(value.strip(), fields[key].type, key, name)
+        kwargs[key] = _convert(value.strip(), fields[key].type, _spec_key(key), name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -129,5 +146,5 @@ def parse_policy(spec: str) -> Policy:
 
 def format_spec(policy: Any) -> str:
     """The canonical spec string of a dataclass policy (all settings, in field order)."""
-    items = ",".join(f"{f.name}={getattr(policy, f.name)}" for f in dataclasses.fields(policy))
+    items = ",".join(f"{_spec_key(f.name)}={getattr(policy, f.name)}" for f in dataclasses.fields(policy))
     return f"{policy.name}:{items}" if items else policy.name

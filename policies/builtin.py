@@ -1,2 +1,2 @@
 """Imports every policy module so that each registers itself with `parse_policy`."""
-from streamst.policies import offline, waitk  # noqa: F401
+from streamst.policies import alignatt, edatt, local_agreement, offline, streamatt, waitk  # noqa: F401

@@ -24,6 +24,10 @@ class WaitK:
         if self.unit not in ("chunk", "word"):
             raise ValueError("unit must be 'chunk' or 'word'")
 
+    @property
+    def needs_source_words(self) -> bool:
+        return self.unit == "word"
+
     def init_state(self) -> Any:
         return None
 
