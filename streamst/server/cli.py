@@ -1,0 +1,112 @@
+"""`streamst serve`: the WebSocket API (protocol v1, docs/protocol.md) and the browser page on one port."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import ssl as ssl_lib
+import sys
+from pathlib import Path
+
+from streamst.server.protocol import Limits
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Limits()
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: loopback only; give 0.0.0.0 to listen on all)")
+    parser.add_argument("--port", type=int, default=8765, help="port for WebSocket and HTTP (0: any free port)")
+    parser.add_argument("--model", default=os.environ.get("STREAMST_MODEL"),
+                        help="model name (see `streamst models`) or checkpoint path")
+    parser.add_argument("--policy", default="waitk:k=3", help="default policy spec, e.g. waitk:k=3")
+    parser.add_argument("--chunk-ms", type=int, default=320, help="default chunk length in ms")
+    parser.add_argument("--max-streams", type=int, default=d.max_streams, help="open streams server-wide")
+    parser.add_argument("--max-streams-per-client", type=int, default=d.max_streams_per_client,
+                        help="open streams per client IP address")
+    parser.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, help="largest audio frame")
+    parser.add_argument("--max-session-s", type=float, default=d.max_session_s, help="audio seconds per stream")
+    parser.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s,
+                        help="close a stream (after flushing it) when no message came for this long")
+    parser.add_argument("--token", default=os.environ.get("STREAMST_TOKEN"),
+                        help="require this token (Authorization: Bearer T, or ?token=T); env STREAMST_TOKEN")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="allow WebSocket connections from this browser origin (repeatable; '*' allows any); "
+                             "the page's own origins on localhost are always allowed")
+    parser.add_argument("--certfile", help="TLS certificate (PEM); needed for microphones on remote hosts")
+    parser.add_argument("--keyfile", help="TLS private key (PEM)")
+    parser.add_argument("--workers", type=int, default=1, help="model worker threads")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--port-file", help="write the bound port to this file once listening (for scripts)")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    for name in ("max_streams", "max_streams_per_client", "max_message_bytes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_session_s <= 0 or args.idle_timeout_s <= 0:
+        raise ValueError("--max-session-s and --idle-timeout-s must be > 0")
+    return Limits(max_streams=args.max_streams, max_streams_per_client=args.max_streams_per_client,
+                  max_message_bytes=args.max_message_bytes, max_session_s=args.max_session_s,
+                  idle_timeout_s=args.idle_timeout_s)
+
+
+def ssl_context(certfile: str | None, keyfile: str | None) -> ssl_lib.SSLContext | None:
+    if not certfile and not keyfile:
+        return None
+    if not (certfile and keyfile):
+        raise ValueError("--certfile and --keyfile go together")
+    ctx = ssl_lib.SSLContext(ssl_lib.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+def default_model() -> str:
+    from streamst.checkpoint import available_models
+
+    models = available_models()
+    if not models:
+        raise ValueError("no model given and none installed; pass --model NAME_OR_PATH")
+    return next(iter(models))
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamst.checkpoint import load_model
+    from streamst.policies import parse_policy
+    from streamst.server.app import ServerConfig, StreamServer, default_origins, serve_forever
+    from streamst.server.scheduler import Scheduler
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    limits = limits_from_args(args)
+    parse_policy(args.policy)  # a bad default policy fails here, before the model loads
+    tls = ssl_context(args.certfile, args.keyfile)
+    if args.host not in LOOPBACK and tls is None:
+        print("streamst serve: warning: listening beyond loopback without TLS; browsers only give the "
+              "microphone to https:// pages (or localhost)", file=sys.stderr)
+    model_name = args.model or default_model()
+    model = load_model(model_name)
+    origins = None if "*" in args.allow_origin else default_origins(args.host, args.port) | set(args.allow_origin)
+    config = ServerConfig(model_name=Path(model_name).stem, default_policy=args.policy, chunk_ms=args.chunk_ms,
+                          limits=limits, token=args.token or None, allowed_origins=origins)
+    scheduler = Scheduler(workers=args.workers, torch_threads=args.torch_threads)
+    server = StreamServer(model, config, scheduler)
+
+    def ready(port: int) -> None:
+        if args.port == 0 and origins is not None:
+            origins.update(default_origins(args.host, port))
+        scheme = "https" if tls else "http"
+        print(f"streamst serve: {scheme}://{args.host}:{port}/ (WebSocket on the same port), "
+              f"model {config.model_name}", file=sys.stderr, flush=True)
+        if args.port_file:
+            tmp = Path(args.port_file + ".tmp")
+            tmp.write_text(str(port))
+            tmp.replace(args.port_file)
+
+    try:
+        asyncio.run(serve_forever(server, args.host, args.port, tls, ready))
+    finally:
+        scheduler.close()
+    return 0

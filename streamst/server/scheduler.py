@@ -1,0 +1,55 @@
+"""Runs the model steps of every stream off the event loop, on worker threads that share one model.
+
+The interface is deliberately small (`push`, `finish`) so a batching scheduler that stacks the states of
+several streams into one model call can replace this one without touching the server. Each stream has at
+most one step in flight (the server awaits it), so the queue holds at most one job per open stream: bounded
+by `--max-streams`. Jobs run first come, first served, so a long stream cannot starve the others.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+
+class Scheduler:
+    """`await push(session, pcm)` -> events; `await finish(session)` -> events. Torch releases the GIL."""
+
+    def __init__(self, workers: int = 1, torch_threads: int | None = None, history: int = 10_000):
+        self._torch_threads = torch_threads
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="streamst-step",
+                                        initializer=self._init_worker)
+        self.waits_ms: deque[float] = deque(maxlen=history)  # time each job waited for a worker
+        self.steps_ms: deque[float] = deque(maxlen=history)  # time each job ran
+
+    def _init_worker(self) -> None:
+        if self._torch_threads:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        submitted = time.perf_counter()
+
+        def job() -> Any:
+            started = time.perf_counter()
+            self.waits_ms.append((started - submitted) * 1000.0)
+            try:
+                return fn(*args)
+            finally:
+                self.steps_ms.append((time.perf_counter() - started) * 1000.0)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+
+    async def push(self, session: Any, pcm: bytes) -> list:
+        """One piece of audio through `session.push`; ValueError (bad audio) propagates to the caller."""
+        return await self._run(session.push, pcm)
+
+    async def finish(self, session: Any) -> list:
+        """`session.finish()`: every word the policy still holds."""
+        return await self._run(session.finish)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
