@@ -81,7 +81,7 @@ class StreamAtt:
         """How many of the last committed words stay as the decoder's forced prefix."""
         if self.history == "words":
             return min(self.history_words, len(words))
-        after = next((len(words) - i for i, w in enumerate(reversed(words)) if ends_sentence(w)), len(words))
+        after = next((i for i, w in enumerate(reversed(words)) if ends_sentence(w)), len(words))
         return min(after, self.punct_max_words)
 
     def _capped(self, drop: int, n_frames: int, frame_ms: float) -> int:
