@@ -118,7 +118,7 @@ def _field_name(spec_key: str) -> str:
 
 
 def parse_policy(spec: str) -> Policy:
-    """Build a policy from a spec string such as `waitk:k=3` or `alignatt:frames=4,beam=1`.
+    """Build a policy from a spec string such as `waitk:k=3` or `alignatt:frames=4,exclude_last=1`.
 
     A bad name or key raises ValueError naming the valid ones.
     """
