@@ -422,3 +422,55 @@ def test_streamatt_needs_the_prefix_attention():
         decide("streamatt", v)
     # no prefix yet: nothing is needed
     assert decide("streamatt", view([W + "d", W + "e"], att(one_hot_rows([1, 2], 10))))[0].tokens == 1
+
+
+pieces_st = st.lists(st.tuples(st.booleans(), st.sampled_from(["a", "b", "c."])), min_size=0, max_size=8).map(
+    lambda ps: [(W if start or i == 0 else "") + text for i, (start, text) in enumerate(ps)]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=pieces_st, cand=pieces_st.filter(bool), data=st.data(), history=st.sampled_from(["words", "punct"]))
+def test_streamatt_invariants(prefix, cand, data, history):
+    n_frames = 12
+    prefix_al = data.draw(st.lists(st.integers(0, n_frames - 1), min_size=len(prefix), max_size=len(prefix)))
+    cand_al = data.draw(st.lists(st.integers(0, n_frames - 1), min_size=len(cand), max_size=len(cand)))
+    v = view(cand, att(one_hot_rows(cand_al, n_frames)), prefix_pieces=prefix,
+             prefix_attention=att(one_hot_rows(prefix_al, n_frames)) if prefix else None)
+    d, _ = decide(f"streamatt:frames=3,history_words=2,history={history},max_memory_s=0", v)
+    starts = [i for i, p in enumerate(cand) if i == 0 or p.startswith(W)]
+    assert d.tokens == 0 or d.tokens in starts  # whole words only (the last word is never complete mid-stream)
+    assert all(f < n_frames - 3 for f in cand_al[: d.tokens])  # AlignAtt's rule
+    n_words = len([i for i, p in enumerate(prefix) if i == 0 or p.startswith(W)]) + len([s for s in starts if s < d.tokens])
+    assert 0 <= d.keep_words <= n_words
+    if history == "words":
+        assert d.keep_words == min(2, n_words)
+    if d.keep_words == n_words:
+        assert d.drop_frames == 0
+    else:
+        # nothing the kept history or the uncommitted tail attends to is dropped
+        committed = prefix + cand[: d.tokens]
+        word_first = [i for i, p in enumerate(prefix) if i == 0 or p.startswith(W)]
+        word_first += [len(prefix) + s for s in starts if s < d.tokens]
+        first_kept = word_first[len(word_first) - d.keep_words] if d.keep_words else len(committed)
+        protected = (prefix_al + cand_al)[first_kept:]
+        if protected:
+            assert d.drop_frames == min(protected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hyps=st.lists(st.lists(st.sampled_from(["a", "b", "c"]), min_size=0, max_size=6), min_size=1, max_size=6),
+       n=st.integers(1, 3))
+def test_la_commits_only_what_the_last_n_full_hypotheses_share(hyps, n):
+    policy = parse_policy(f"la:n={n}")
+    state, committed, fulls = policy.init_state(), [], []
+    for words in hyps:  # each entry: the model's full hypothesis after a chunk (committed words excluded below)
+        cand_words = words[len(committed):] if words[: len(committed)] == committed else words
+        pieces = [W + w for w in cand_words]
+        d, state = policy.decide(view(pieces, committed=committed), state)
+        new = [p[1:] for p in pieces[: d.tokens]]
+        fulls.append(committed + [p[1:] for p in pieces[:-1]])  # complete words only
+        for k, word in enumerate(new):
+            position = len(committed) + k
+            assert len(fulls) >= n and all(len(f) > position and f[position] == word for f in fulls[-n:])
+        committed = committed + new
