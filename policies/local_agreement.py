@@ -7,7 +7,6 @@ committed, on which this hypothesis and the previous n-1 agree, comparing words 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from streamst.policies.base import WORD_START, Decision, PolicyView, format_spec, register, word_starts
 
