@@ -6,6 +6,8 @@ spoken with random voice, speed, pitch, level and noise and joined, with pauses,
 voice per talk). Sentences go to dev/tst-COMMON by a hash of their English text, so the held-out sentences are
 the same in every pair and every run with the same seed; tst-COMMON is spoken only by voices never used in train or
 dev. Everything is a function of the seed: each talk draws from its own generator, whatever the worker count.
+The one exception: espeak-ng carries its pitch-flutter phase from one utterance to the next inside a process, so
+samples (not lengths, offsets or texts) differ slightly between runs.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from streamst.data import sources, tts
 SPLITS = ("train", "dev", "tst-COMMON")
 SAMPLE_RATE = 16000
 DEFAULT_TEST_VOICES = ("en-gb-scotland+f2", "en-us+m4")
-_CHARS_PER_SECOND = 14.0  # espeak-ng at 175 words per minute, for planning talk lengths only
+_CHARS_PER_SECOND = 19.0  # espeak-ng at 175 words per minute after trimming (measured on Ding), for planning
+_PAUSE_SECONDS = 0.9  # mean pause between sentences in a talk
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def plan_talks(pairs: list[sources.SentencePair], split: str, pair: str, config:
             if planned >= budget:
                 break
             utterances.append(pairs[i])
-            planned += len(pairs[i].en) / _CHARS_PER_SECOND + 0.8
+            planned += len(pairs[i].en) / _CHARS_PER_SECOND
         if split != "train" or planned >= budget or math.isinf(budget):
             break
     talks: list[tuple[TalkTask, list[sources.SentencePair]]] = []
@@ -127,7 +130,7 @@ def plan_talks(pairs: list[sources.SentencePair], split: str, pair: str, config:
         target = rng.uniform(*config.talk_seconds)
         end, seconds = start, 0.0
         while end < len(utterances) and (seconds < target or end == start):
-            seconds += len(utterances[end].en) / _CHARS_PER_SECOND + 0.8
+            seconds += len(utterances[end].en) / _CHARS_PER_SECOND + _PAUSE_SECONDS
             end += 1
         chunk = utterances[start:end]
         name = f"{split}_{len(talks):05d}.wav"
@@ -157,7 +160,6 @@ def render_talk(task: TalkTask) -> list[tuple[float, float]]:
     import torch
     import torchaudio.functional
 
-    torch.set_num_threads(1)
     rng = np.random.default_rng(task.seed)
     base_rate, base_pitch = rng.uniform(140, 210), rng.uniform(30, 70)
     pitch_range = rng.uniform(30, 90)
@@ -203,6 +205,13 @@ def render_talk(task: TalkTask) -> list[tuple[float, float]]:
         duration = math.floor(min(length / sr, total_s - offset) * 1e6) / 1e6
         out.append((offset, duration))
     return out
+
+
+def _init_worker() -> None:
+    """Worker processes: one torch thread each, the pool gives the parallelism."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _yaml_line(duration: float, offset: float, speaker: str, wav: str) -> str:
@@ -261,7 +270,7 @@ def build_corpus(root: Path, config: SynthConfig, *, command: str = "",
     root.mkdir(parents=True, exist_ok=True)
     stats: dict[str, dict[str, SplitStats]] = {}
     context = multiprocessing.get_context("spawn")
-    pool = context.Pool(config.workers) if config.workers > 1 else None
+    pool = context.Pool(config.workers, initializer=_init_worker) if config.workers > 1 else None
     try:
         for pair in config.pairs:
             pairs = pair_sources[pair] if pair_sources is not None else sources.sentence_pairs(pair)
