@@ -342,3 +342,22 @@ def test_idle_timeout_flushes_and_closes(model_path, tmp_path):
         assert msgs[-1]["type"] == "done" and msgs[-1]["reason"] == "timeout" and code == 4005
     finally:
         assert srv.terminate() == 0
+
+
+def test_mic_demo_with_a_file_source_local_and_remote(server, model_path, wavs, tmp_path):
+    import io
+
+    from streamst.captions import write_captions
+    from streamst.checkpoint import load_model
+    from streamst.demo_mic import CaptionLine, FileSource, caption_local, caption_remote
+
+    expected = offline_words(model_path, wavs[1], POLICY)
+    out = io.StringIO()
+    line = CaptionLine(out, width=400)
+    words = caption_local(FileSource(wavs[1]), load_model(str(model_path)), POLICY, 320, line.update)
+    assert [w["text"] for w in words] == expected
+    assert out.getvalue().startswith("\r") and out.getvalue().rstrip().endswith(" ".join(expected)[-300:])
+    remote = caption_remote(FileSource(wavs[1]), server.url, {"policy": POLICY}, TOKEN, lambda m: None)
+    assert [w["text"] for w in remote] == expected
+    srt = write_captions(tmp_path / "mic.srt", remote).read_text()
+    assert " ".join(expected) == " ".join(l for l in srt.splitlines() if l and "-->" not in l and not l.isdigit())
