@@ -236,6 +236,25 @@ def test_bad_entries_are_reported_with_their_line_and_skipped(corpus, tmp_path):
         mustc.read_split_checked(root, "en-de", "tst-HE")
 
 
+def test_text_travels_as_tsv_and_builds_a_corpus_without_apt(tmp_path):
+    sources.write_pairs_tsv(PAIRS, tmp_path / "text" / "en-de.tsv")
+    assert sources.read_pairs_tsv(tmp_path / "text" / "en-de.tsv") == PAIRS
+    stats = synth.build_corpus(tmp_path / "corpus", CONFIG, text_dir=tmp_path / "text")
+    assert sum(s.segments for s in stats["en-de"].values()) == len(PAIRS)
+    (tmp_path / "text" / "en-de.tsv").write_text("only one field\n")
+    with pytest.raises(ValueError, match="en-de.tsv:1"):
+        sources.read_pairs_tsv(tmp_path / "text" / "en-de.tsv")
+
+
+def test_the_wheel_library_uses_its_own_voice_data():
+    info = tts.library_info()
+    if info is None:
+        pytest.skip("espeakng-loader wheel not installed")
+    import espeakng_loader
+
+    assert Path(info[1]).resolve() == Path(espeakng_loader.get_data_path()).resolve()
+
+
 @pytest.mark.skipif(not sources.DING_PATH.is_file(), reason="apt package trans-de-en not installed")
 def test_cli_builds_and_checks_a_corpus(tmp_path, capsys):
     from streamst.cli import main

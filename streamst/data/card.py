@@ -34,7 +34,7 @@ def render_data_card(config, stats, *, command: str = "") -> str:
               f"train capped at {config.hours} h per pair; sentence pool capped at {config.max_sentences}.", ""]
     lines += ["## Held-out speakers", "",
               f"tst-COMMON is spoken only by {', '.join(config.test_voices)}; train and dev never use these voices.",
-              f"TTS backend: {tts.backend()}.", ""]
+              f"TTS backend: {_backend_text()}.", ""]
     lines += ["## Contents", "", "| pair | split | sentences | segments | talks | hours | voices | text sources |",
               "|---|---|---|---|---|---|---|---|"]
     used_sources: set[str] = set()
@@ -53,6 +53,11 @@ def render_data_card(config, stats, *, command: str = "") -> str:
               "Spanish from apertium is machine translation and reads unidiomatic in places; Bible Spanish is archaic.",
               ""]
     return "\n".join(lines)
+
+
+def _backend_text() -> str:
+    info = tts.library_info()
+    return f"espeak-ng {info[0]} library, data {info[1]}" if info else f"espeak-ng {tts.backend()}"
 
 
 def write_data_card(root: Path, config, stats, *, command: str = "") -> Path:

@@ -20,8 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--test-fraction", type=float, default=0.06)
     synth.add_argument("--test-voices", default="en-gb-scotland+f2,en-us+m4",
                        help="held-out voices: they speak tst-COMMON and never train or dev")
+    synth.add_argument("--text", type=Path, default=None,
+                       help="folder of <pair>.tsv from `streamst data text` (for machines without the apt packages)")
     synth.add_argument("--workers", type=int, default=1)
     synth.add_argument("--seed", type=int, default=0)
+    text = sub.add_parser("text", help="export the sentence pairs to <out>/<pair>.tsv, to take to a machine with no apt")
+    text.add_argument("--out", required=True, type=Path)
+    text.add_argument("--pairs", default="en-de,en-es,en-en")
     sub.add_parser("voices", help="list the English espeak-ng voices available here")
     check = sub.add_parser("check", help="read every split of a MuST-C-layout corpus and report bad entries")
     check.add_argument("root", type=Path)
@@ -38,16 +43,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "check":
         return _check(args.root, args.pairs)
+    if args.action == "text":
+        from streamst.data import sources
+
+        for pair in _parse_pairs(args.pairs):
+            pairs = sources.sentence_pairs(pair)
+            sources.write_pairs_tsv(pairs, args.out / f"{pair}.tsv")
+            print(f"{pair}: {len(pairs)} sentence pairs -> {args.out / f'{pair}.tsv'}")
+        return 0
     return _synth(args)
 
 
 def _synth(args: argparse.Namespace) -> int:
     from streamst.data.synth import SynthConfig, build_corpus
 
-    pairs = tuple(p.strip() for p in args.pairs.split(",") if p.strip())
-    for pair in pairs:
-        if pair not in ("en-de", "en-es", "en-en"):
-            raise ValueError(f"unknown pair {pair!r}: use en-de, en-es or en-en")
+    pairs = _parse_pairs(args.pairs)
     if args.hours is not None and args.hours <= 0:
         raise ValueError("--hours must be positive")
     if args.max_sentences is not None and args.max_sentences < 3:
@@ -58,7 +68,7 @@ def _synth(args: argparse.Namespace) -> int:
                          workers=args.workers, seed=args.seed)
     command = "streamst data " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else ""
     started = time.perf_counter()
-    stats = build_corpus(args.out, config, command=command)
+    stats = build_corpus(args.out, config, command=command, text_dir=args.text)
     elapsed = time.perf_counter() - started
     total_s = sum(s.seconds for by in stats.values() for s in by.values())
     segments = sum(s.segments for by in stats.values() for s in by.values())
@@ -68,6 +78,14 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"{segments} segments, {total_s / 3600:.2f} h of speech in {elapsed:.1f} s "
           f"({segments / elapsed:.0f} segments/s, {total_s / elapsed:.0f}x real time) -> {args.out}")
     return 0
+
+
+def _parse_pairs(text: str) -> tuple[str, ...]:
+    pairs = tuple(p.strip() for p in text.split(",") if p.strip())
+    for pair in pairs:
+        if pair not in ("en-de", "en-es", "en-en"):
+            raise ValueError(f"unknown pair {pair!r}: use en-de, en-es or en-en")
+    return pairs
 
 
 def _check(root: Path, pairs_arg: str | None) -> int:

@@ -126,7 +126,13 @@ def _spanish_marks(text: str) -> str:
     return text
 
 
-_VERSE = re.compile(r"^\s*((?:[1-3] )?[A-Z][A-Za-z ]*? \d+:\d+): ?(.*)$")
+# A verse key may follow left-over title text on the same line; whatever precedes the key is dropped.
+_VERSE = re.compile(r"((?:[1-3] )?[A-Z][a-z]+(?: (?:of )?[A-Z][a-z]+)* \d+:\d+): ?(.*)$")
+
+
+# diatheke repeats the title of the WEB's Psalm 151 into many verses of later books.
+_STRAY_TITLE = ("This Psalm is a genuine one of David, though extra, composed when he fought in single combat with "
+                "Goliath.")
 
 
 def _bible_verses(module: str) -> dict[str, str]:
@@ -138,13 +144,13 @@ def _bible_verses(module: str) -> dict[str, str]:
     verses: dict[str, list[str]] = {}
     key = None
     for line in out.splitlines():
-        match = _VERSE.match(line)
+        match = _VERSE.search(line)
         if match:
             key = match.group(1)
             verses[key] = [match.group(2)]
         elif key is not None and line.strip() and not line.startswith("("):
             verses[key].append(line)
-    return {k: normalize(" ".join(v)) for k, v in verses.items()}
+    return {k: normalize(" ".join(v).replace(_STRAY_TITLE, " ")) for k, v in verses.items()}
 
 
 def bible_pairs(*, max_words: int = 30) -> list[SentencePair]:
@@ -158,15 +164,47 @@ def bible_pairs(*, max_words: int = 30) -> list[SentencePair]:
             continue
         if not es or en in seen or re.search(r"[<>{}\[\]|/_*#@=+~]", en + es):
             continue
-        es = es[0].upper() + es[1:].lower() if es[:2].isupper() else es  # 'EN el principio' -> 'En el principio'
+        first, _, rest = es.partition(" ")
+        if len(first) > 1 and first.isupper():  # chapters open in capitals: 'EN el principio' -> 'En el principio'
+            es = f"{first[0]}{first[1:].lower()} {rest}"
         if is_sentence(en, min_words=3, max_words=max_words) and is_sentence(es, min_words=3, max_words=max_words):
             seen.add(en)
             pairs.append(SentencePair(en=en, target=es, source="bible"))
     return pairs
 
 
-def sentence_pairs(pair: str) -> list[SentencePair]:
-    """All sentence pairs available offline for 'en-de', 'en-es' or 'en-en' (English ASR, target = source)."""
+def write_pairs_tsv(pairs: list[SentencePair], path: Path) -> None:
+    """Save pairs as `english<TAB>target<TAB>source` lines, so the text can travel to a machine with no apt."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for p in pairs:
+            if any("\t" in t or "\n" in t for t in (p.en, p.target, p.source)):
+                raise ValueError(f"tab or newline inside a sentence: {p.en!r}")
+            f.write(f"{p.en}\t{p.target}\t{p.source}\n")
+
+
+def read_pairs_tsv(path: Path) -> list[SentencePair]:
+    """Read pairs written by write_pairs_tsv; a malformed line is an error naming the file and line."""
+    pairs: list[SentencePair] = []
+    with Path(path).open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) != 3 or not fields[0].strip() or not fields[1].strip():
+                raise ValueError(f"{path}:{number}: expected 'english<TAB>target<TAB>source'")
+            pairs.append(SentencePair(en=fields[0], target=fields[1], source=fields[2]))
+    return pairs
+
+
+def sentence_pairs(pair: str, text_dir: Path | None = None) -> list[SentencePair]:
+    """All sentence pairs available offline for 'en-de', 'en-es' or 'en-en' (English ASR, target = source).
+
+    With `text_dir`, read `<text_dir>/<pair>.tsv` (made by `streamst data text`) instead of the apt packages.
+    """
+    if text_dir is not None:
+        path = Path(text_dir) / f"{pair}.tsv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: make it with `streamst data text --out {text_dir}`")
+        return read_pairs_tsv(path)
     if pair == "en-de":
         return ding_pairs()
     if pair == "en-es":

@@ -255,10 +255,12 @@ def build_split(pair: str, split: str, pairs: list[sources.SentencePair], root: 
 
 
 def build_corpus(root: Path, config: SynthConfig, *, command: str = "",
-                 pair_sources: dict[str, list[sources.SentencePair]] | None = None) -> dict[str, dict[str, SplitStats]]:
+                 pair_sources: dict[str, list[sources.SentencePair]] | None = None,
+                 text_dir: Path | None = None) -> dict[str, dict[str, SplitStats]]:
     """Build every pair of `config` under `root`, write DATA_CARD.md and synth_info.json; returns the stats.
 
-    `pair_sources` replaces the offline text sources (used by tests and by callers with their own text).
+    Text comes from `pair_sources` where given (tests, callers with their own text), else from the tsv files in
+    `text_dir` (made by `streamst data text`, for machines with no apt), else from the apt packages.
     """
     if config.workers < 1:
         raise ValueError("--workers must be at least 1")
@@ -273,7 +275,7 @@ def build_corpus(root: Path, config: SynthConfig, *, command: str = "",
     pool = context.Pool(config.workers, initializer=_init_worker) if config.workers > 1 else None
     try:
         for pair in config.pairs:
-            pairs = pair_sources[pair] if pair_sources is not None else sources.sentence_pairs(pair)
+            pairs = pair_sources[pair] if pair_sources is not None else sources.sentence_pairs(pair, text_dir)
             order = np.random.default_rng(stable_hash("pool", config.seed, pair)).permutation(len(pairs))
             pool_pairs = [pairs[i] for i in order[: config.max_sentences]]
             splits = split_pairs(pool_pairs, config)

@@ -111,6 +111,18 @@ def _load_library() -> _Library | None:
     return _library
 
 
+def library_info() -> tuple[str, str] | None:
+    """(espeak-ng version, data folder in use) of the loaded library, or None where the wheel is missing."""
+    library = _load_library()
+    if library is None:
+        return None
+    library.lib.espeak_Info.restype = ctypes.c_char_p
+    library.lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
+    data = ctypes.c_char_p()
+    version = library.lib.espeak_Info(ctypes.byref(data))
+    return version.decode(), (data.value or b"").decode()
+
+
 def backend() -> str:
     """Which espeak-ng is used here: 'library' (the wheel), 'program' (the espeak-ng CLI) or 'none'."""
     if _wheel_paths() is not None:
