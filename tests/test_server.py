@@ -80,7 +80,8 @@ class ServeProcess:
 
     def __init__(self, tmp_dir: Path, model: Path, *args: str):
         port_file = tmp_dir / f"port-{time.monotonic_ns()}"
-        self.log = open(tmp_dir / f"serve-{time.monotonic_ns()}.log", "w+")
+        self.log_path = tmp_dir / f"serve-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "w")
         cmd = [sys.executable, "-m", "streamst.cli", "serve", "--model", str(model), "--port", "0",
                "--port-file", str(port_file), *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})
@@ -93,9 +94,7 @@ class ServeProcess:
         self.url = f"ws://127.0.0.1:{self.port}/"
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        return self.log_path.read_text()
 
     def terminate(self, timeout: float = 60) -> int:
         with contextlib.suppress(ProcessLookupError):
