@@ -150,6 +150,20 @@ def _trim(audio: np.ndarray, sample_rate: int, threshold: float = 2e-3, margin_s
     return audio[max(0, loud[0] - margin): loud[-1] + margin + 1]
 
 
+def _background_noise(rng: np.random.Generator, size: int, dbfs: float) -> np.ndarray:
+    """White hiss plus a rumble (white noise held over 8 samples, so mostly below 1 kHz) at an RMS of `dbfs`.
+
+    A block of a few seconds is drawn and tiled: drawing minutes of Gaussian noise would cost more than the TTS.
+    """
+    block = min(size, int(rng.uniform(5.0, 9.0) * SAMPLE_RATE))
+    hiss = rng.standard_normal(block, dtype=np.float32)
+    rumble = np.repeat(rng.standard_normal(block // 8 + 1, dtype=np.float32), 8)[:block]
+    mix = rng.uniform(0.2, 0.8)
+    noise = (1 - mix) * hiss + mix * rumble
+    noise *= np.float32(10 ** (dbfs / 20) / float(np.sqrt(np.mean(noise**2))))
+    return np.resize(noise, size)
+
+
 def render_talk(task: TalkTask) -> list[tuple[float, float]]:
     """Speak a talk's sentences with pauses, level changes and background noise; write a 16 kHz wav.
 
@@ -189,12 +203,9 @@ def render_talk(task: TalkTask) -> list[tuple[float, float]]:
         add(audio.astype(np.float32))
         add(np.zeros(int(rng.uniform(0.3, 1.5) * sr), np.float32))
     talk = np.concatenate(pieces)
+    talk16 = torchaudio.functional.resample(torch.from_numpy(talk), sr, SAMPLE_RATE).numpy()
     if snr_db is not None:
-        noise = rng.standard_normal(talk.size).astype(np.float32)
-        noise = 0.6 * noise + 0.4 * np.cumsum(noise) / np.sqrt(np.arange(1, talk.size + 1))  # white + a low hum
-        noise *= 10 ** ((speech_dbfs - snr_db) / 20) / float(np.sqrt(np.mean(noise**2)))
-        talk = talk + noise
-    talk16 = torchaudio.functional.resample(torch.from_numpy(talk.astype(np.float32)), sr, SAMPLE_RATE).numpy()
+        talk16 = talk16 + _background_noise(rng, talk16.size, speech_dbfs - snr_db)
     talk16 = np.clip(talk16, -1.0, 1.0)
     Path(task.wav_path).parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(task.wav_path, talk16, SAMPLE_RATE, subtype="PCM_16")
