@@ -257,7 +257,7 @@ def test_streams_through_the_session_with_alignatt(model, offline_transcripts):
     from streamst.policies import parse_policy
     from streamst.session import Session
 
-    audio, reference = librivox_clips()[4]
+    audio, reference = librivox_clips()[0]  # 7.1 s
     session = Session(model, parse_policy("alignatt:frames=10"), AudioFormat(), chunk_ms=640)
     events = session.push(audio) + session.finish()
     words = [e for e in events if isinstance(e, Word)]
@@ -265,4 +265,5 @@ def test_streams_through_the_session_with_alignatt(model, offline_transcripts):
     assert corpus_wer([reference], [text]) <= 0.15, text
     assert len(words) >= 5
     delays = [w.emitted_ms for w in words]
-    assert delays == sorted(delays) and delays[0] < len(audio) / 16  # some words before the end of the audio
+    assert delays == sorted(delays)
+    assert sum(d < len(audio) / 16 - 1000 for d in delays) >= len(words) // 2  # half the words >= 1 s before the end

@@ -4,7 +4,7 @@ Whisper's encoder only knows 30 s windows, so every chunk re-encodes the whole w
 last trim, zero-padded to 30 s as Whisper expects); `encode` returns the frames of real audio only and
 `appends_memory` is False. The decoder cross-attends over the whole padded window, as in training; the
 attention handed to policies is that of the alignment heads, with the mass on padding folded into the last
-real frame ("attends past the end" reads as "attends to the newest audio").
+real frame when it is most of a token's weight ("attends past the end" reads as "attends to the newest audio").
 """
 from __future__ import annotations
 
@@ -262,12 +262,18 @@ class WhisperStreamingModel:
 
     @staticmethod
     def _fold(attention: Tensor, n_real: int) -> Tensor:
-        """Cut attention to the real frames, adding the weight on padding frames to the last real frame."""
+        """Attention over the real frames only. A token whose heads put, on average, most of their weight on the
+        padding reads past the audio: that weight goes to its last real frame. Other tokens are renormalised
+        over the real frames (some weight on padding is normal for tokens well inside the audio)."""
         if attention.shape[-1] <= n_real:
             return attention
-        real = attention[..., :n_real].clone()
-        real[..., -1] += attention[..., n_real:].sum(-1)
-        return real
+        real = attention[..., :n_real]
+        past_end = attention[..., n_real:].sum(-1, keepdim=True)
+        renormalised = real / real.sum(-1, keepdim=True).clamp_min(1e-9)
+        folded = real.clone()
+        folded[..., -1:] += past_end
+        token_past_end = past_end.mean(dim=(0, 1), keepdim=True)  # over layers and heads
+        return torch.where(token_past_end > 0.5, folded, renormalised)
 
     def _set_threads(self) -> None:
         if self.threads:
