@@ -160,42 +160,50 @@ class StreamOutput:
 def _replay(lines: list[dict], detok: Callable, unit: str) -> StreamOutput | None:
     tokens: list[str] = []
     text: str | None = None
+    items: list[str] = []          # text_items(text, unit), kept in step with text
+    words: list[str] = []          # text_items(text, "word")
     ideal: list[float] = []
     ca: list[float] = []
+
+    def split(t: str) -> tuple[list[str], list[str]]:
+        w = text_items(t, "word")
+        return (w if unit == "word" else text_items(t, unit)), w
+
     for line in lines:
         delay = line["total_audio_processed"]
         ca_delay = line["total_audio_processed"] + line["computation_time"]
         deleted = line.get("deleted_tokens") or []
         if deleted:
-            if deleted != tokens[-len(deleted):]:
+            if text is None or deleted != tokens[-len(deleted):]:
                 raise ValueError("deleted_tokens do not match the end of the output so far")
             tokens = tokens[: -len(deleted)]
             new_text = detok(tokens)
-            removed = len(text_items(text, unit)) - len(text_items(new_text, unit))
+            new_items, new_words = split(new_text)
+            removed = len(items) - len(new_items)
             if removed > 0:
                 ideal, ca = ideal[:-removed], ca[:-removed]
             if unit == "word":
-                last = len(text_items(new_text, "word")) - 1
-                if last >= 0 and text_items(text, "word")[last] != text_items(new_text, "word")[-1]:
+                last = len(new_words) - 1
+                if last >= 0 and words[last] != new_words[-1]:
                     ideal[-1] = delay
                     ca[-1] = ca_delay
-            text = new_text
+            text, items, words = new_text, new_items, new_words
         tokens.extend(line.get("generated_tokens") or [])
         new_text = detok(tokens)
+        new_items, new_words = split(new_text)
         if text is None:
-            n = len(text_items(new_text, unit))
-            ideal, ca = [delay] * n, [ca_delay] * n
+            ideal, ca = [delay] * len(new_items), [ca_delay] * len(new_items)
         else:
-            added = len(text_items(new_text, unit)) - len(text_items(text, unit))
+            added = len(new_items) - len(items)
             if added > 0:
                 ideal.extend([delay] * added)
                 ca.extend([ca_delay] * added)
             if unit == "word":
-                last = len(text_items(text, "word")) - 1
-                if last >= 0 and text_items(new_text, "word")[last] != text_items(text, "word")[-1]:
+                last = len(words) - 1
+                if last >= 0 and new_words[last] != words[-1]:
                     ideal[last] = delay
                     ca[last] = ca_delay
-        text = new_text
+        text, items, words = new_text, new_items, new_words
     if text is None:
         return None
     return StreamOutput("", text, ideal, ca)
@@ -204,7 +212,7 @@ def _replay(lines: list[dict], detok: Callable, unit: str) -> StreamOutput | Non
 def guess_detokenizer(path: str | os.PathLike) -> str:
     """"spm" if any generated token carries the U+2581 word marker, else "word"."""
     for _, line in _json_lines(path):
-        if "\u2581" in line and "generated_tokens" in line:
+        if "generated_tokens" in line and ("\u2581" in line or "\\u2581" in line):
             return "spm"
     return "word"
 
@@ -239,7 +247,7 @@ def read_simulstream(path: str | os.PathLike, unit: str = "word", detokenizer: s
     for name, lines in by_audio.items():
         try:
             out = _replay(lines, detok, unit)
-        except ValueError as e:
+        except (ValueError, IndexError) as e:
             raise ValueError(f"{path}: audio {name}: {e}") from None
         if out is not None:
             out.name = name

@@ -203,15 +203,19 @@ def long_yaal(segments: Sequence[Segment], talks: Sequence[Talk], unit: str = "w
             cu = [talk.delays_ms[w] - offsets[local] for w in words]
             record["emission_cu"] = cu
             try:
-                cu_scores.append(_yaal(cu, source_length, r, to_end, longform=True))
+                record["LongYAAL"] = _yaal(cu, source_length, r, to_end, longform=True)
+                cu_scores.append(record["LongYAAL"])
             except Undefined as e:
+                record["LongYAAL"] = None
                 skipped[("LongYAAL", str(e))].append(k)
             if computation_aware and talk.ca_ms is not None:
                 ca = [talk.ca_ms[w] - offsets[local] for w in words]
                 record["emission_ca"] = ca
                 try:
-                    ca_scores.append(_yaal(ca, source_length, r, to_end, longform=True))
+                    record["LongYAAL_CA"] = _yaal(ca, source_length, r, to_end, longform=True)
+                    ca_scores.append(record["LongYAAL_CA"])
                 except Undefined as e:
+                    record["LongYAAL_CA"] = None
                     skipped[("LongYAAL_CA", str(e))].append(k)
     for (metric, reason), ks in skipped.items():
         shown = ", ".join(map(str, ks[:10])) + (", ..." if len(ks) > 10 else "")

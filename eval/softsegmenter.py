@@ -36,7 +36,12 @@ def _moses(lang: str) -> Callable[[str], list[str]]:
     from sacremoses import MosesTokenizer
 
     tok = MosesTokenizer(lang=lang)
-    return lambda text: tok.tokenize(text, aggressive_dash_splits=True, escape=False)
+
+    @lru_cache(maxsize=200_000)
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(tok.tokenize(text, aggressive_dash_splits=True, escape=False))
+
+    return split
 
 
 def tokenize(words: Sequence[str], items: Sequence[int], lang: str | None) -> list[Token]:
