@@ -25,6 +25,7 @@ class Hypothesis:
     attention: torch.Tensor | None
     ended: bool
     score: float = 0.0
+    prefix_attention: torch.Tensor | None = None  # [layers, heads, len(prefix), frames]
 
 
 class SpeechModel(Protocol):

@@ -1,0 +1,105 @@
+"""One self-contained checkpoint file per model: config, weights, tokenizers, normalisation, languages, task.
+
+Files are written with `torch.save` and read with `weights_only=True`, so loading a file never runs code.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+
+from streamst.model import ModelConfig, SpeechTranslator
+from streamst.tokenizer import Tokenizer
+
+FORMAT = "streamst-checkpoint"
+VERSION = 1
+ASSETS = Path(__file__).parent / "assets" / "models"
+USER_MODELS = Path(os.environ.get("STREAMST_MODELS", Path.home() / ".cache" / "streamst" / "models"))
+
+
+def save_checkpoint(path: str | Path, net: SpeechTranslator, src_tok: Tokenizer, tgt_tok: Tokenizer,
+                    mean: torch.Tensor, std: torch.Tensor, *, task: str, src_lang: str, tgt_lang: str,
+                    meta: dict | None = None, half: bool = False) -> Path:
+    """Write atomically (temp file, fsync, rename) so a crash never leaves a truncated model."""
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    obj = {
+        "format": FORMAT, "version": VERSION, "kind": "streamst",
+        "config": net.cfg.to_dict(), "state_dict": state,
+        "src_tokenizer": src_tok.model_proto, "tgt_tokenizer": tgt_tok.model_proto,
+        "cmvn_mean": mean.float(), "cmvn_std": std.float(),
+        "task": task, "src_lang": src_lang, "tgt_lang": tgt_lang, "meta": meta or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and validate a checkpoint dict; a missing, truncated or foreign file raises ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable streamst checkpoint (truncated or foreign file: {e})") from None
+    except Exception as e:  # unpickling refusals of foreign pickles and similar
+        raise ValueError(f"{path}: not a streamst checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a streamst checkpoint (no '{FORMAT}' marker)")
+    if obj.get("version", 0) > VERSION:
+        raise ValueError(f"{path}: checkpoint version {obj['version']} is newer than this streamst ({VERSION})")
+    return obj
+
+
+def model_from_checkpoint(obj: dict, name: str = ""):
+    """Build the runtime model a checkpoint describes (the project's model or a converted Whisper)."""
+    if obj.get("kind") == "whisper":
+        from streamst.whisper import load_whisper_checkpoint
+
+        return load_whisper_checkpoint(obj)
+    from streamst.streaming_model import StreamingSpeechModel
+
+    cfg = ModelConfig.from_dict(obj["config"])
+    net = SpeechTranslator(cfg)
+    net.load_state_dict({k: v.float() for k, v in obj["state_dict"].items()})
+    return StreamingSpeechModel(
+        net, Tokenizer(obj["src_tokenizer"]), Tokenizer(obj["tgt_tokenizer"]), obj["cmvn_mean"], obj["cmvn_std"],
+        task=obj["task"], src_lang=obj["src_lang"], tgt_lang=obj["tgt_lang"], name=name, meta=obj.get("meta", {}),
+    )
+
+
+def available_models() -> dict[str, Path]:
+    """Models that load offline: shipped ones, then the user's model folder (name -> file)."""
+    found: dict[str, Path] = {}
+    for folder in (ASSETS, USER_MODELS):
+        if folder.is_dir():
+            for p in sorted(folder.glob("*.pt")):
+                found.setdefault(p.stem, p)
+    return found
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """A path, or the name of an available model."""
+    p = Path(name_or_path)
+    if p.suffix == ".pt" or p.exists() or os.sep in name_or_path:
+        return p
+    models = available_models()
+    if name_or_path not in models:
+        known = ", ".join(models) or "none (see README: train one or install a model)"
+        raise ValueError(f"unknown model {name_or_path!r}; available: {known}")
+    return models[name_or_path]
+
+
+def load_model(name_or_path: str):
+    """Load a model by name (see `streamst models`) or path."""
+    path = resolve_model(name_or_path)
+    return model_from_checkpoint(read_checkpoint(path), name=path.stem)

@@ -1,0 +1,165 @@
+"""`Session`: the only streaming loop. The CLI, `streamst eval`, the server and the microphone demo all push
+audio into a Session and read the same typed events out of it.
+
+    chunker --chunks--> model.encode (features + cached encoder) --frames--> memory
+    memory + committed prefix --model.decode--> candidate --policy--> committed words + partial tail
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamst.audio import SAMPLE_RATE, AudioFormat, Chunker
+from streamst.events import Event, Partial, Word
+from streamst.policies.base import Candidate, Policy, PolicyView, word_starts
+from streamst.tokenizer import WORD_START
+
+
+class Session:
+    """One stream: `push(pcm) -> events`, then `finish() -> events` (which flushes every remaining word)."""
+
+    def __init__(
+        self,
+        model: Any,
+        policy: Policy,
+        audio_format: AudioFormat = AudioFormat(),
+        *,
+        chunk_ms: float = 320.0,
+        beam: int = 1,
+        max_new_tokens: int = 64,
+        clock=time.perf_counter,
+    ):
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        self.model, self.policy = model, policy
+        self.chunker = Chunker(audio_format, chunk_ms)
+        self.chunk_ms, self.beam, self.max_new_tokens, self.clock = chunk_ms, beam, max_new_tokens, clock
+        self.enc_state = model.init_state()
+        self.memory: torch.Tensor | None = None  # encoder frames the decoder attends to
+        self.frames_dropped = 0  # frames forgotten from the front of the memory (StreamAtt)
+        self.policy_state = policy.init_state()
+        self.history: list[list[int]] = []  # token ids of each committed word kept as the forced prefix
+        self.words: list[str] = []  # every committed word of the stream
+        self.samples = 0  # 16 kHz samples consumed
+        self.chunks = 0
+        self.compute_s = 0.0
+        self.finished = False
+        self._last_partial = ""
+
+    # ------------------------------------------------------------------ public API
+
+    def push(self, pcm: bytes | np.ndarray) -> list[Event]:
+        """Feed one piece of audio (any size); returns the events of every chunk it completed."""
+        if self.finished:
+            raise ValueError("session already finished")
+        events: list[Event] = []
+        for chunk in self.chunker.push(pcm):  # raises ValueError on bad audio before changing any state
+            events += self._step(chunk, final=False)
+        return events
+
+    def finish(self) -> list[Event]:
+        """End of stream: encode the rest and commit every word still held."""
+        if self.finished:
+            return []
+        chunks = self.chunker.flush() or [np.zeros(0, dtype=np.float32)]
+        events: list[Event] = []
+        for i, chunk in enumerate(chunks):
+            events += self._step(chunk, final=i == len(chunks) - 1)
+        self.finished = True
+        return events
+
+    def set_policy(self, policy: Policy) -> None:
+        """Switch policy mid-stream (its bookkeeping starts afresh; committed words stay)."""
+        self.policy, self.policy_state = policy, policy.init_state()
+
+    def stats(self) -> dict:
+        audio_s = self.samples / SAMPLE_RATE
+        return {"audio_s": audio_s, "compute_s": self.compute_s, "rtf": self.compute_s / audio_s if audio_s else 0.0}
+
+    @property
+    def source_ms(self) -> float:
+        return self.samples * 1000.0 / SAMPLE_RATE
+
+    # ------------------------------------------------------------------ one chunk
+
+    def _step(self, audio: np.ndarray, final: bool) -> list[Event]:
+        t0 = self.clock()
+        frames, self.enc_state = self.model.encode(torch.from_numpy(np.ascontiguousarray(audio)), self.enc_state, final)
+        if self.model.appends_memory and self.memory is not None:
+            self.memory = torch.cat([self.memory, frames], dim=0)
+        else:
+            self.memory = frames
+        self.samples += audio.size
+        self.chunks += 1
+        events: list[Event] = []
+        if self.memory.shape[0] > 0:
+            events = self._decide(final, t0)
+        self.compute_s += self.clock() - t0
+        return events
+
+    def _decide(self, final: bool, t0: float) -> list[Event]:
+        tok = self.model.tokenizer
+        prefix = [t for word in self.history for t in word]
+        budget = min(self.max_new_tokens, self.memory.shape[0] // 2 + 8)
+        hyp = self.model.decode(self.memory, prefix, beam=self.beam, max_tokens=budget)
+        pieces = tok.pieces(hyp.tokens)
+        attention = None if hyp.attention is None else hyp.attention.float().numpy()
+        view = PolicyView(
+            candidate=Candidate(list(hyp.tokens), pieces, attention, hyp.ended),
+            committed=list(self.words),
+            frames=self.memory.shape[0],
+            frame_ms=self.model.frame_ms,
+            source_ms=self.source_ms,
+            chunks=self.chunks,
+            finished=final,
+            source_words=self.model.ctc_words(self.memory) if getattr(self.policy, "needs_source_words", False) else None,
+            prefix_attention=None if hyp.prefix_attention is None else hyp.prefix_attention.float().numpy(),
+            prefix_pieces=tok.pieces(prefix),
+        )
+        decision, self.policy_state = self.policy.decide(view, self.policy_state)
+        n = len(pieces) if final else whole_words(pieces, decision.tokens)
+        events: list[Event] = []
+        compute_ms = (self.compute_s + self.clock() - t0) * 1000.0
+        starts = word_starts(pieces[:n]) + [n]
+        for a, b in zip(starts, starts[1:]):
+            text = "".join(pieces[a:b]).replace(WORD_START, " ").strip()
+            if not text:
+                continue
+            span = self._span(attention, a, b)
+            events.append(Word(text, self.source_ms, compute_ms, *span))
+            self.words.append(text)
+            self.history.append(list(hyp.tokens[a:b]))
+        if decision.keep_words is not None and not final:
+            self.history = self.history[-decision.keep_words:] if decision.keep_words > 0 else []
+        if decision.drop_frames > 0 and not final:
+            drop = min(decision.drop_frames, self.memory.shape[0])
+            self.memory = self.memory[drop:]
+            self.frames_dropped += drop
+            self.enc_state = self.model.drop_frames(self.enc_state, drop)
+        partial = "" if final else tok.decode(hyp.tokens[n:]).strip()
+        if partial != self._last_partial:
+            events.append(Partial(partial, self.source_ms))
+            self._last_partial = partial
+        return events
+
+    def _span(self, attention: np.ndarray | None, a: int, b: int) -> tuple[float | None, float | None]:
+        """Source span of tokens a..b from the most-attended frames (last layer, heads averaged)."""
+        if attention is None or attention.shape[-1] == 0:
+            return None, None
+        best = attention[-1].mean(0)[a:b].argmax(-1)
+        frame_ms = self.model.frame_ms
+        return (float(best.min()) + self.frames_dropped) * frame_ms, (float(best.max()) + 1 + self.frames_dropped) * frame_ms
+
+
+def whole_words(pieces: list[str], n: int) -> int:
+    """Round a commit of n tokens down to whole words: a word is complete once the next word starts."""
+    n = max(0, min(n, len(pieces)))
+    if n == len(pieces):
+        # the last word may still grow with the next chunk: keep it unless nothing follows it in the commit
+        starts = word_starts(pieces)
+        return starts[-1] if starts else 0
+    bounds = [s for s in word_starts(pieces) if 0 < s <= n]
+    return bounds[-1] if bounds else 0

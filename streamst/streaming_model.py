@@ -1,0 +1,80 @@
+"""`StreamingSpeechModel`: the project's own model behind the `SpeechModel` interface the session uses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from streamst.decoding import decode
+from streamst.features import FeatureState, init_feature_state, normalize, stream_features
+from streamst.model import EncoderState, SpeechTranslator
+from streamst.speech_model import Hypothesis
+from streamst.tokenizer import Tokenizer, words_from_pieces
+
+
+@dataclass
+class StreamState:
+    features: FeatureState
+    encoder: EncoderState
+
+
+class StreamingSpeechModel:
+    """Features -> cached causal encoder -> decoder, one stream state at a time (the state is a value)."""
+
+    appends_memory = True
+
+    def __init__(
+        self,
+        net: SpeechTranslator,
+        src_tokenizer: Tokenizer,
+        tgt_tokenizer: Tokenizer,
+        cmvn_mean: Tensor,
+        cmvn_std: Tensor,
+        *,
+        task: str,
+        src_lang: str,
+        tgt_lang: str,
+        name: str = "",
+        meta: dict | None = None,
+    ):
+        self.net = net.eval()
+        self.src_tokenizer, self.tokenizer = src_tokenizer, tgt_tokenizer
+        self.mean, self.std = cmvn_mean, cmvn_std
+        self.task, self.src_lang, self.tgt_lang, self.name = task, src_lang, tgt_lang, name
+        self.meta = meta or {}
+        self.chunk_frames = net.cfg.chunk_frames
+        self.left_frames = net.cfg.left_frames
+        self.frame_ms = 40.0
+
+    def init_state(self) -> StreamState:
+        return StreamState(init_feature_state(), self.net.encoder.init_state(1))
+
+    @torch.inference_mode()
+    def encode(self, audio: Tensor, state: StreamState, final: bool = False) -> tuple[Tensor, StreamState]:
+        feats, fstate = stream_features(audio, state.features)
+        feats = normalize(feats, self.mean, self.std).unsqueeze(0)
+        frames, estate = self.net.encoder.step(feats, state.encoder, self.chunk_frames, self.left_frames, final)
+        return frames[0], StreamState(fstate, estate)
+
+    def drop_frames(self, state: StreamState, n: int) -> StreamState:
+        return state  # the encoder's caches are already bounded; the session trims its memory
+
+    def decode(self, memory: Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64) -> Hypothesis:
+        return decode(self.net.decoder, memory, prefix, self.tokenizer.bos, self.tokenizer.eos, beam=beam, max_tokens=max_tokens)
+
+    @torch.inference_mode()
+    def ctc_tokens(self, memory: Tensor) -> list[int]:
+        """Greedy CTC: best piece per frame, repeats merged, blanks removed."""
+        if memory.shape[0] == 0:
+            return []
+        best = self.net.ctc(memory).argmax(-1).tolist()
+        out, prev = [], None
+        for t in best:
+            if t != prev and t != self.net.ctc_blank:
+                out.append(t)
+            prev = t
+        return out
+
+    def ctc_words(self, memory: Tensor) -> int | None:
+        return len(words_from_pieces(self.src_tokenizer.pieces(self.ctc_tokens(memory))))

@@ -1,0 +1,1 @@
+"""Offline training on whole utterances (the decoder never sees simultaneous training)."""
