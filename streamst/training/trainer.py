@@ -171,7 +171,9 @@ class JointLoss(nn.Module):
         self.net, self.ctc_weight, self.label_smoothing = net, ctc_weight, label_smoothing
 
     def forward(self, batch: Batch, chunk: int):
-        return loss_fn(self.net, batch, chunk, ctc_weight=self.ctc_weight, label_smoothing=self.label_smoothing)
+        # tensors the loss creates without a device (masks, positions) go where the batch is
+        with torch.device(batch.feats.device):
+            return loss_fn(self.net, batch, chunk, ctc_weight=self.ctc_weight, label_smoothing=self.label_smoothing)
 
 
 def _to_device(b: Batch, device: torch.device) -> Batch:
