@@ -146,7 +146,7 @@ def test_bad_manifest_entries_are_reported_with_their_location_and_skipped(corpu
     assert main(["train", "--corpus", str(root), "--out", str(out), *MICRO, "--steps", "1",
                  "--dev-segments", "0"]) == 0
     log = capsys.readouterr().out
-    assert f"train.yaml:2: unparsable entry" in log
+    assert "train.yaml:2: unparsable entry" in log
     assert "train.en:3: empty transcript" in log
     assert f"train.yaml:{n + 1}: missing or unreadable wav" in log and "no_such_talk.wav" in log
     assert "3 bad manifest entries skipped" in log
@@ -191,6 +191,10 @@ def test_init_encoder_copies_the_asr_encoder_ctc_tokenizer_and_cmvn(corpus, tmp_
         if k.startswith(("encoder.", "ctc.")):
             assert torch.allclose(s["state_dict"][k], v, atol=1e-6), k
     assert "initialised from" in (st / "model.md").read_text()
+    # the run keeps what it took from the ASR model: resuming does not need that file any more
+    (asr / "model.pt").rename(tmp_path / "moved.pt")
+    assert main(["train", "--out", str(st), "--resume", "--steps", "2", "--no-progress"]) == 0
+    assert read_checkpoint(st / "model.pt")["config"]["d_model"] == 32
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),

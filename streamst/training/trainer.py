@@ -268,6 +268,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
             with bar.external_write_mode(file=sys.stderr):
                 base_log(msg)
 
+    state_path = out / "last.state"
+    init = None
+    if cfg.init_encoder and not (state_path.exists() and not Path(cfg.init_encoder).exists()):
+        init = load_encoder_init(cfg.init_encoder)
+        model_config(cfg, 1, 1, init, say)  # reports options the encoder overrides
+        cfg.model = {**cfg.model, **{k: init["config"][k] for k in ENCODER_FIELDS}}  # a resume needs no init file
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(cfg.__dict__, indent=1, default=list))
@@ -277,7 +283,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     if not items:
         raise ValueError(f"no usable training segments in {cfg.corpus} ({cfg.pair}, train): "
                          f"{len(problems)} entries were skipped")
-    init = load_encoder_init(cfg.init_encoder) if cfg.init_encoder else None
     src_tok, tgt_tok, mean, std = _main_first(rt, lambda: _tokenizers_and_cmvn(cfg, out, items, init))
     data = [(f, src_tok.encode(s), tgt_tok.encode(t)) for f, s, t in items]
     mcfg = model_config(cfg, len(src_tok), len(tgt_tok), init, say)
@@ -289,7 +294,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     lr_at = lambda s: min((s + 1) / cfg.warmup, math.sqrt(cfg.warmup / (s + 1)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     step, epoch, batch_pos, elapsed_before, dev_history = 0, 0, 0, 0.0, []
-    state_path = out / "last.state"
     if rt.rank > 0:  # different dropout and SpecAugment draws per rank; weights come from rank 0 via DDP
         torch.manual_seed(cfg.seed + 7919 * rt.rank)
         gen = random.Random(cfg.seed * 1_000_003 + rt.rank)
