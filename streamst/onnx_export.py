@@ -114,7 +114,8 @@ class DecoderStepGraph(nn.Module):
         qi = torch.arange(t, device=x.device) + p
         kj = torch.arange(p + t, device=x.device)
         causal = kj[None, :] <= qi[:, None]  # [t, P + t]
-        smask = causal[None, None] & self_mask[:, None, None, :]
+        itself = kj[None, :] == qi[:, None]  # a padding query still sees itself: no all-masked rows, no NaN
+        smask = causal[None, None] & (self_mask[:, None, None, :] | itself[None, None])
         cmask = mem_mask[:, None, None, :]
         ks, vs, ws = [], [], []
         for li, layer in enumerate(self.layers):
@@ -191,8 +192,11 @@ def export_graphs(net: SpeechTranslator, out_dir: Path) -> list[Path]:
 
 def quantize_int8(out_dir: Path) -> None:
     """Dynamic int8 quantisation (weights int8, activations quantised on the fly) of every graph, in place."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "consider pre-processing" notes
     for name in FILES:
         path = out_dir / name
         tmp = path.with_suffix(".int8.onnx")
