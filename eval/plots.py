@@ -28,11 +28,11 @@ def plot_delays(records: Sequence[dict], path: str | Path, longform: bool = Fals
     fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.2 * max(1, len(shown)), 3.6), squeeze=False)
     for ax, rec in zip(axes[0], shown):
         n = len(rec["delays"])
-        words = list(range(1, n + 1))
-        seconds = [d / 1000 for d in rec["delays"]]
-        ax.step(seconds, words, where="post", label="delay (ideal)")
+        words = list(range(0, n + 1))  # a staircase from (0, 0): word k is out from its time on
+        ax.step([0] + [d / 1000 for d in rec["delays"]], words, where="post", label="delay (ideal)")
         if rec.get("elapsed"):
-            ax.step([e / 1000 for e in rec["elapsed"]], words, where="post", label="elapsed (CA)", linestyle="--")
+            ax.step([0] + [e / 1000 for e in rec["elapsed"]], words, where="post", label="elapsed (CA)",
+                    linestyle="--")
         length = rec["source_length"] / 1000
         ax.plot([0, length], [0, n], color="grey", linewidth=0.8, label="even pace")
         ax.axvline(length, color="black", linewidth=0.6)

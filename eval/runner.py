@@ -77,7 +77,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, args.policy)
-    out = Path(args.out or f"eval-{args.split}-{Path(config.model).stem}-{_slug(config.policy)}")
+    out = Path(args.out or f"eval-{args.split}-{Path(config.model).stem}-{slug(config.policy)}")
     scores = evaluate(config, out, workers=args.workers, progress=not args.no_progress, fresh=args.fresh)
     print_scores(scores, sys.stdout)
     print(f"results in {out}", file=sys.stderr)
@@ -97,20 +97,22 @@ def config_from_args(args: argparse.Namespace, policy: str) -> EvalConfig:
     if not 0 < args.chunk_ms <= 60_000:
         raise ValueError("--chunk-ms must be in (0, 60000]")
     spec = parse_policy(policy).spec()
-    task = args.task or _model_task(args.model)
+    task = args.task or model_task(args.model)
     return EvalConfig(mustc=str(Path(args.mustc).resolve()), pair=args.pair, split=args.split, model=args.model,
                       policy=spec, task=task, longform=args.longform, chunk_ms=args.chunk_ms, beam=args.beam,
                       limit=args.limit)
 
 
-def _model_task(model: str) -> str:
+def model_task(model: str) -> str:
+    """"asr" or "st", as the checkpoint says."""
     from streamst.checkpoint import read_checkpoint, resolve_model
 
     task = read_checkpoint(resolve_model(model)).get("task", "st")
     return "asr" if task == "asr" else "st"
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A folder name for a policy spec."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
 
 
