@@ -1,0 +1,275 @@
+"""`streamst bench`: speed and memory of the streaming model on this machine.
+
+Measures, in one run: per-chunk encoder and decoder time (p50/p95) at 10 s, 60 s and 600 s into a stream for
+torch eager and onnxruntime; a naive baseline that re-encodes all audio so far at every chunk; the
+single-stream real-time factor; how many real-time streams the batching scheduler carries (p95 added delay
+under 300 ms, simulated on a virtual clock with the real batched compute); peak RSS.
+The decoder works on a bounded context (the last 10 s of encoder frames, the last 16 prefix tokens) and
+writes up to 4 greedy tokens per 320 ms chunk, so its cost is the same at 10 s and at 600 s by design.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+CHUNK_SAMPLES = 5120  # 320 ms at 16 kHz
+CHUNK_S = CHUNK_SAMPLES / 16000
+MEMORY_FRAMES = 250  # 10 s of 40 ms frames, what StreamAtt-style trimming keeps
+PREFIX_TOKENS = 16
+NEW_TOKENS = 4
+BOUND_MS = 300.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--model", help="model name or checkpoint (default: the first available model, "
+                                        "else the default config at random init)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="onnx",
+                        help="backend for rtf, chunk times and the scheduler (both are always timed for the ratio)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (for tests); 600 s is still reached")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per backend (default 1: per-chunk work is small, and a second thread only adds tail latency on a busy 2-core machine; 0: library default)")
+
+
+def synthetic_chunk(i: int) -> torch.Tensor:
+    """Seeded speech-like noise (a few harmonics plus noise), 320 ms."""
+    rng = np.random.default_rng(i)
+    t = (np.arange(CHUNK_SAMPLES) + i * CHUNK_SAMPLES) / 16000
+    f0 = 120 + 40 * np.sin(i / 7)
+    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6)) * 0.05 + rng.standard_normal(CHUNK_SAMPLES) * 0.01
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def default_model():
+    """The first available model, else the default ModelConfig at random init (for speed figures only)."""
+    from streamst.checkpoint import available_models, load_model
+
+    models = available_models()
+    if models:
+        name = next(iter(models))
+        return load_model(name), f"{name} ({models[name]})"
+    return random_model(), "default ModelConfig at random init (no trained model available; figures are about speed)"
+
+
+def random_model():
+    from streamst.model import ModelConfig, SpeechTranslator
+    from streamst.streaming_model import StreamingSpeechModel
+    from streamst.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dropout=0.0)
+    words = [f"w{i} x{i % 17} y{i % 31}" for i in range(400)]
+    tok = Tokenizer.train(words, vocab_size=cfg.tgt_vocab)
+    return StreamingSpeechModel(SpeechTranslator(cfg), tok, tok, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels),
+                                task="st", src_lang="en", tgt_lang="de", name="random-init")
+
+
+def pct(values, q) -> float:
+    return float(np.percentile(np.asarray(values) * 1000.0, q)) if len(values) else float("nan")
+
+
+def stream_timings(model, positions_s: list[float], window: int) -> dict:
+    """Run one stream chunk by chunk to the last position; time the encoder on every chunk and the bounded
+    decoder on `window` chunks at each position. Returns {pos: {"enc": [...], "dec": [...]}} in seconds."""
+    starts = {int(p / CHUNK_S): p for p in positions_s}
+    last = max(starts) + window
+    state = model.init_state()
+    memory = torch.zeros(0, model.net.cfg.d_model if hasattr(model, "net") else model.cfg.d_model)
+    rng = np.random.default_rng(0)
+    vocab = len(model.tokenizer)
+    prefix = [int(t) for t in rng.integers(4, vocab, PREFIX_TOKENS)]
+    out = {p: {"enc": [], "dec": [], "tokens": []} for p in positions_s}
+    active = None
+    audio = [synthetic_chunk(i) for i in range(64)]
+    for i in range(last):
+        if i in starts:
+            active = (starts[i], i + window)
+        t0 = time.perf_counter()
+        frames, state = model.encode(audio[i % 64], state)
+        t1 = time.perf_counter()
+        memory = torch.cat([memory, frames])[-MEMORY_FRAMES:]
+        if active and i < active[1]:
+            t2 = time.perf_counter()
+            hyp = model.decode(memory, prefix, max_tokens=NEW_TOKENS)
+            t3 = time.perf_counter()
+            rec = out[active[0]]
+            rec["enc"].append(t1 - t0)
+            rec["dec"].append(t3 - t2)
+            rec["tokens"].append(len(hyp.tokens))
+    return out
+
+
+def recompute_timings(model, positions_s: list[float], reps: int) -> dict:
+    """The naive baseline: features and encoder over all audio so far, at each position (torch eager)."""
+    from streamst.features import normalize, utterance_features
+
+    net = model.net
+    cfg = net.cfg
+    out = {}
+    for p in positions_s:
+        n = int(p / CHUNK_S)
+        audio = torch.cat([synthetic_chunk(i % 64) for i in range(n)])
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                feats = normalize(utterance_features(audio), model.mean, model.std).unsqueeze(0)
+                net.encoder(feats, torch.tensor([feats.shape[1]]), cfg.chunk_frames, cfg.left_frames)
+            times.append(time.perf_counter() - t0)
+        out[p] = times
+    return out
+
+
+def max_realtime_streams(scheduler, ticks: int, cap: int = 1024, bound_ms: float = BOUND_MS) -> tuple[int, dict]:
+    """Largest N whose p95 added delay stays under the bound (doubling, then bisection); returns N and the
+    p95 of every N tried."""
+    tried: dict[int, float] = {}
+
+    def ok(n: int) -> bool:
+        tried[n] = simulate(scheduler, n, ticks)
+        return tried[n] < bound_ms
+
+    if not ok(1):
+        return 0, tried
+    good, bad = 1, None
+    while bad is None and good < cap:
+        n = good * 2
+        if ok(n):
+            good = n
+        else:
+            bad = n
+    while bad is not None and bad - good > max(1, good // 8):
+        mid = (good + bad) // 2
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, tried
+
+
+def simulate(scheduler, n: int, ticks: int) -> float:
+    """Single worker, virtual clock: streams start evenly staggered, each sends a 320 ms chunk in real time;
+    the worker batches every chunk that has arrived; a batch costs its measured compute. Returns p95 added
+    delay in ms (chunk arrival to its tokens)."""
+    rng = np.random.default_rng(n)
+    cfg = scheduler.cfg
+    slots = [scheduler.new_stream() for _ in range(n)]
+    for s in slots:  # start at the bounded steady state: a full memory window and prefix
+        s.memory = rng.standard_normal((MEMORY_FRAMES, cfg.d_model)).astype(np.float32)
+        s.prefix = [int(t) for t in rng.integers(4, cfg.tgt_vocab, PREFIX_TOKENS)]
+    offsets = np.arange(n) * CHUNK_S / n
+    arrivals = sorted((offsets[i] + (k + 1) * CHUNK_S, i, k) for i in range(n) for k in range(ticks))
+    audio = [synthetic_chunk(i) for i in range(8)]
+    clock, j, delays = 0.0, 0, []
+    while j < len(arrivals):
+        clock = max(clock, arrivals[j][0])
+        batch = []
+        while j < len(arrivals) and arrivals[j][0] <= clock:
+            batch.append(arrivals[j])
+            j += 1
+        per_stream: dict[int, list] = {}
+        for arr in batch:
+            per_stream.setdefault(arr[1], []).append(arr)
+        ids = list(per_stream)
+        t0 = time.perf_counter()
+        scheduler.step([slots[i] for i in ids],
+                       [torch.cat([audio[(k + i) % 8] for _, _, k in per_stream[i]]) for i in ids])
+        clock += time.perf_counter() - t0
+        delays += [clock - a for a, _, _ in batch]
+    return pct(delays, 95)
+
+
+def session_rtf(model, seconds: float) -> float:
+    """The real Session loop (wait-k) on synthetic audio: compute over audio duration."""
+    from streamst.policies import parse_policy
+    from streamst.session import Session
+
+    s = Session(model, parse_policy("waitk:k=2"), max_new_tokens=NEW_TOKENS * 4)
+    for i in range(int(seconds / CHUNK_S)):
+        s.push(synthetic_chunk(i).numpy())
+    s.finish()
+    return s.stats()["rtf"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamst.checkpoint import load_model
+    from streamst.onnx_backend import load_onnx_model
+    from streamst.onnx_export import export_onnx
+    from streamst.scheduler_batch import BatchScheduler, StepRunner
+
+    t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        torch_model, source = load_model(args.model), args.model
+    else:
+        torch_model, source = default_model()
+    if not hasattr(torch_model, "net"):
+        raise ValueError("bench measures streamst's own streaming model (not converted Whisper checkpoints)")
+    cfg = torch_model.net.cfg
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    log(f"model: {source}; {sum(p.numel() for p in torch_model.net.parameters()) / 1e6:.1f}M parameters, "
+        f"{cfg.enc_layers}-layer d={cfg.d_model} encoder, {cfg.dec_layers}-layer decoder, chunk 320 ms")
+    tmp = tempfile.TemporaryDirectory(prefix="streamst-bench-")
+    onnx_model = load_onnx_model(export_onnx(torch_model, tmp.name), threads=args.threads)
+    models = {"torch": torch_model, "onnx": onnx_model}
+    positions = [10.0, 60.0, 600.0]
+    window = 10 if args.quick else 30
+    res: dict = {"model": source, "backend": args.backend, "threads": torch.get_num_threads()}
+    timings = {}
+    for name, model in models.items():
+        timings[name] = stream_timings(model, positions, window)
+        for p in positions:
+            r = timings[name][p]
+            log(f"{name:5s} at {p:5.0f} s: encoder p50 {pct(r['enc'], 50):6.2f} p95 {pct(r['enc'], 95):6.2f} ms | "
+                f"decoder ({np.mean(r['tokens']):.1f} tokens) p50 {pct(r['dec'], 50):6.2f} p95 {pct(r['dec'], 95):6.2f} ms")
+    rec = recompute_timings(torch_model, positions[:2], 2 if args.quick else 4)
+    for p in positions[:2]:
+        cached = np.median(timings["torch"][p]["enc"])
+        log(f"naive re-encode (torch) at {p:4.0f} s: p50 {pct(rec[p], 50):8.1f} p95 {pct(rec[p], 95):8.1f} ms "
+            f"= {np.median(rec[p]) / cached:6.1f}x the cached encoder")
+    main_t = timings[args.backend]
+    chunk = {p: np.array(main_t[p]["enc"]) + np.array(main_t[p]["dec"]) for p in positions}
+    both = {n: np.median(np.concatenate([np.array(timings[n][p]["enc"]) + np.array(timings[n][p]["dec"])
+                                         for p in positions])) for n in models}
+    res.update({
+        "rtf": float(np.mean(np.concatenate(list(chunk.values()))) / CHUNK_S),
+        "chunk_ms_p50_10s": pct(chunk[10.0], 50), "chunk_ms_p95_10s": pct(chunk[10.0], 95),
+        "chunk_ms_p50_60s": pct(chunk[60.0], 50), "chunk_ms_p95_60s": pct(chunk[60.0], 95),
+        "chunk_ms_p50_600s": pct(chunk[600.0], 50), "chunk_ms_p95_600s": pct(chunk[600.0], 95),
+        "encoder_ms": {f"{n}_{p:.0f}s": [pct(timings[n][p]["enc"], 50), pct(timings[n][p]["enc"], 95)]
+                       for n in models for p in positions},
+        "decoder_ms": {f"{n}_{p:.0f}s": [pct(timings[n][p]["dec"], 50), pct(timings[n][p]["dec"], 95)]
+                       for n in models for p in positions},
+        "recompute_ms": {f"{p:.0f}s": [pct(rec[p], 50), pct(rec[p], 95)] for p in positions[:2]},
+        "recompute_over_cached_10s": float(np.median(rec[10.0]) / np.median(timings["torch"][10.0]["enc"])),
+        "recompute_over_cached_60s": float(np.median(rec[60.0]) / np.median(timings["torch"][60.0]["enc"])),
+        "onnx_over_torch_speedup": float(both["torch"] / both["onnx"]),
+    })
+    log(f"{args.backend} single stream: RTF {res['rtf']:.4f}; chunk p95 {res['chunk_ms_p95_10s']:.2f} ms at 10 s, "
+        f"{res['chunk_ms_p95_600s']:.2f} ms at 600 s; onnxruntime is {res['onnx_over_torch_speedup']:.2f}x torch eager")
+    res["session_rtf"] = session_rtf(models[args.backend], 5.0 if args.quick else 20.0)
+    log(f"{args.backend} Session loop (wait-k, the model's own decoding) RTF {res['session_rtf']:.4f}")
+    runner = StepRunner(cfg, onnx_dir=tmp.name, threads=args.threads) if args.backend == "onnx" else \
+        StepRunner(cfg, net=torch_model.net)
+    tok = torch_model.tokenizer
+    scheduler = BatchScheduler(runner, torch_model.mean, torch_model.std, bos=tok.bos, eos=tok.eos,
+                               memory_frames=MEMORY_FRAMES, prefix_tokens=PREFIX_TOKENS, new_tokens=NEW_TOKENS)
+    n, tried = max_realtime_streams(scheduler, ticks=4 if args.quick else 8)
+    res["max_realtime_streams"] = n
+    res["scheduler_p95_ms"] = {str(k): round(v, 1) for k, v in sorted(tried.items())}
+    log(f"{args.backend} batching scheduler: {n} real-time streams with p95 added delay < {BOUND_MS:.0f} ms "
+        f"(p95 ms by streams: {res['scheduler_p95_ms']})")
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    res["bench_s"] = time.perf_counter() - t_start
+    log(f"peak RSS {res['peak_rss_mb']:.0f} MB; bench took {res['bench_s']:.0f} s")
+    tmp.cleanup()
+    if args.json:
+        print(json.dumps(res))
+    return 0
