@@ -63,7 +63,7 @@ def loss_fn(net: SpeechTranslator, batch: Batch, chunk: int, *, ctc_weight: floa
             label_smoothing: float = 0.1) -> tuple[Tensor, dict]:
     """Joint loss on one batch with the given attention chunk (in encoder frames)."""
     enc, enc_lens = net.encoder(batch.feats, batch.feat_lens, chunk, net.cfg.left_frames)
-    valid = torch.arange(enc.shape[1])[None, :] < enc_lens[:, None]
+    valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
     mem_kv = net.decoder.project_memory(enc)
     logits, _, _ = net.decoder(batch.tgt_in, mem_kv, mem_mask=valid, pad_mask=None)
     ce = F.cross_entropy(logits.transpose(1, 2), batch.tgt_out, ignore_index=-100, label_smoothing=label_smoothing)
