@@ -47,13 +47,20 @@ def synthetic_chunk(i: int) -> torch.Tensor:
 
 
 def default_model():
-    """The first available model, else the default ModelConfig at random init (for speed figures only)."""
-    from streamst.checkpoint import available_models, load_model
+    """The first available streamst model (Whisper conversions are skipped), else the default ModelConfig at
+    random init (for speed figures only)."""
+    from streamst.checkpoint import available_models, model_from_checkpoint, read_checkpoint
+    from streamst.streaming_model import StreamingSpeechModel
 
-    models = available_models()
-    if models:
-        name = next(iter(models))
-        return load_model(name), f"{name} ({models[name]})"
+    for name, path in available_models().items():
+        try:
+            obj = read_checkpoint(path)
+        except (ValueError, OSError):
+            continue
+        if obj.get("kind", "streamst") == "streamst":
+            model = model_from_checkpoint(obj, name=name)
+            if isinstance(model, StreamingSpeechModel):
+                return model, f"{name} ({path})"
     return random_model(), "default ModelConfig at random init (no trained model available; figures are about speed)"
 
 
@@ -210,7 +217,9 @@ def run(args: argparse.Namespace) -> int:
         torch_model, source = load_model(args.model), args.model
     else:
         torch_model, source = default_model()
-    if not hasattr(torch_model, "net"):
+    from streamst.streaming_model import StreamingSpeechModel
+
+    if not isinstance(torch_model, StreamingSpeechModel):
         raise ValueError("bench measures streamst's own streaming model (not converted Whisper checkpoints)")
     cfg = torch_model.net.cfg
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
