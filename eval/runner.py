@@ -107,7 +107,12 @@ def model_task(model: str) -> str:
     """"asr" or "st", as the checkpoint says."""
     from streamst.checkpoint import read_checkpoint, resolve_model
 
-    task = read_checkpoint(resolve_model(model)).get("task", "st")
+    try:
+        task = read_checkpoint(resolve_model(model)).get("task", "st")
+    except (FileNotFoundError, OSError, ValueError):  # not a single checkpoint file (a converted Whisper folder)
+        from streamst.checkpoint import load_model
+
+        task = getattr(load_model(model), "task", "st")
     return "asr" if task == "asr" else "st"
 
 
