@@ -10,6 +10,8 @@ from streamst.policies.base import Decision, PolicyView, format_spec, register
 @register("offline")
 @dataclass(frozen=True)
 class Offline:
+    writes_only_at_end = True  # the session skips decoding until the stream ends
+
     def init_state(self) -> Any:
         return None
 

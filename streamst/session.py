@@ -95,7 +95,7 @@ class Session:
         self.samples += audio.size
         self.chunks += 1
         events: list[Event] = []
-        if self.memory.shape[0] > 0:
+        if self.memory.shape[0] > 0 and (final or not getattr(self.policy, "writes_only_at_end", False)):
             events = self._decide(final, t0)
         self.compute_s += self.clock() - t0
         return events
