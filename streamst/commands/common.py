@@ -4,6 +4,18 @@ from __future__ import annotations
 import argparse
 
 DEFAULT_MODELS = {"st": "en-de", "asr": "en-asr"}
+FALLBACK_MODELS = {"asr": ["whisper-tiny.en"], "st": []}
+
+
+def default_model(task: str) -> str:
+    """The default model of a task: the shipped one, else an installed fallback (Whisper tiny.en for ASR)."""
+    from streamst.checkpoint import available_models
+
+    have = available_models()
+    for name in [DEFAULT_MODELS[task], *FALLBACK_MODELS[task]]:
+        if name in have:
+            return name
+    return DEFAULT_MODELS[task]
 
 
 def add_stream_options(parser: argparse.ArgumentParser, task: str) -> None:
@@ -27,4 +39,4 @@ def load_stream_model(name: str | None, task: str, backend: str = "torch"):
         return load_onnx_model(name)
     from streamst.checkpoint import load_model
 
-    return load_model(name or DEFAULT_MODELS[task])
+    return load_model(name or default_model(task))

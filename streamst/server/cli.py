@@ -65,12 +65,13 @@ def ssl_context(certfile: str | None, keyfile: str | None) -> ssl_lib.SSLContext
 
 
 def default_model() -> str:
-    from streamst.checkpoint import available_models
+    """Live captions of real speech: Whisper tiny.en when installed, else the first available model."""
+    from streamst.checkpoint import WHISPER_TINY_EN, available_models
 
     models = available_models()
     if not models:
         raise ValueError("no model given and none installed; pass --model NAME_OR_PATH")
-    return next(iter(models))
+    return WHISPER_TINY_EN if WHISPER_TINY_EN in models else next(iter(models))
 
 
 def run(args: argparse.Namespace) -> int:
