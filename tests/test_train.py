@@ -114,7 +114,9 @@ def test_sigkill_loses_at_most_the_last_checkpoint_interval(corpus, straight_run
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "streamst.cli", "train", "--corpus", str(corpus), "--pair", "en-de", "--out", str(out),
            *MICRO, "--steps", "6", "--save-every", "2", "--dev-every", "2", "--average-last", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the same intra-op thread count as this process (other tests may have changed it), so float sums match
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
     while not (out / "step2.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
