@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -137,3 +138,17 @@ class Chunker:
         chunks = [self._pending[i * self.chunk_samples:(i + 1) * self.chunk_samples] for i in range(n)]
         self._pending = np.zeros(0, dtype=np.float32)
         return chunks
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """A wav/flac/ogg file as float32 [samples, channels] and its sample rate (soundfile)."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such audio file: {path}")
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise ValueError(f"cannot read audio {path}: {e}") from None
+    return np.ascontiguousarray(audio), int(rate)

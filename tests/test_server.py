@@ -9,55 +9,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 
 def tiny_model(request: pytest.FixtureRequest, tmp_dir: Path) -> Path:
-    """The trained tiny model from conftest when there is one, else a small untrained (random, seeded) model."""
-    try:
-        return Path(request.getfixturevalue("tiny_model_path"))
-    except pytest.FixtureLookupError:
-        pass
-    import torch
-
-    from streamst.checkpoint import save_checkpoint
-    from streamst.model import ModelConfig, SpeechTranslator
-    from streamst.tokenizer import Tokenizer
-
-    torch.manual_seed(0)
-    sents = ["the quick brown fox jumps over the lazy dog", "hello world how are you today",
-             "streaming speech is fun to build"] * 30
-    tok = Tokenizer.train(sents, vocab_size=40)
-    cfg = ModelConfig(d_model=64, n_heads=2, enc_layers=2, dec_layers=1, sub_channels=16, src_vocab=len(tok),
-                      tgt_vocab=len(tok))
-    path = tmp_dir / "random-tiny.pt"
-    save_checkpoint(path, SpeechTranslator(cfg), tok, tok, torch.zeros(80), torch.ones(80), task="asr",
-                    src_lang="en", tgt_lang="en")
-    return path
+    """The tiny model trained by conftest (tmp_dir is unused; kept for the callers' signature)."""
+    return Path(request.getfixturevalue("tiny_model_path"))
 
 
 def tiny_wavs(request: pytest.FixtureRequest, tmp_dir: Path, n: int = 3) -> list[Path]:
-    """Wavs from conftest's tiny corpus when there is one, else seeded synthetic speech-like signals."""
-    try:
-        corpus = request.getfixturevalue("tiny_corpus")
-        paths = [Path(item[0] if isinstance(item, (tuple, list)) else getattr(item, "wav", item)) for item in corpus]
-        return paths[:n]
-    except pytest.FixtureLookupError:
-        pass
-    import soundfile as sf
-
-    out = []
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        rate = (16000, 22050, 8000)[i % 3]
-        t = np.arange(int(rate * (2.0 + i))) / rate
-        sig = 0.3 * np.sin(2 * np.pi * (200 + 80 * i) * t * (1 + 0.2 * np.sin(3 * t))) * (np.sin(5 * t) > -0.3)
-        sig = (sig + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
-        path = tmp_dir / f"synth{i}.wav"
-        sf.write(path, sig, rate, subtype="PCM_16")
-        out.append(path)
-    return out
+    """The first n wavs of conftest's tiny corpus."""
+    return [Path(wav) for wav, _ in request.getfixturevalue("tiny_corpus")[:n]]
 
 
 def offline_words(model_path: Path, wav: Path, policy: str, chunk_ms: int = 320) -> list[str]:
@@ -117,7 +79,7 @@ import urllib.request  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
-from streamst.server.client import ServerError, stream_audio  # noqa: E402
+from streamst.server.client import stream_audio  # noqa: E402
 from streamst.server.replay import read_audio, stream_file  # noqa: E402
 
 TOKEN = "t0ken"

@@ -9,10 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
-from streamst.audio import AudioFormat
+from streamst.audio import AudioFormat, read_audio
 from streamst.commands.common import add_stream_options, load_stream_model
 from streamst.events import Word
 
@@ -24,20 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "translate") -> N
     parser.add_argument("--reference", default=None, help="reference text (one line per file) for LAAL's length")
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, AudioFormat]:
-    """Samples [frames, channels] as float32 and the format to feed them with."""
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as e:
-        raise ValueError(f"{path}: cannot read audio ({e})") from None
-    return audio, AudioFormat(sample_rate=int(rate), channels=int(audio.shape[1]), encoding="f32le")
-
-
 def stream_file(model, policy, path: str | Path, *, chunk_ms: float = 320.0, beam: int = 1, on_event=None):
     """Stream one file through a fresh Session; returns (committed words, session)."""
     from streamst.session import Session
 
-    audio, fmt = read_audio(path)
+    audio, rate = read_audio(path)
+    fmt = AudioFormat(sample_rate=rate, channels=audio.shape[1], encoding="f32le")
     session = Session(model, policy, fmt, chunk_ms=chunk_ms, beam=beam)
     piece = max(1, int(fmt.sample_rate * chunk_ms / 1000))
     words: list[Word] = []

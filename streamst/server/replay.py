@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streamst.audio import read_audio  # noqa: F401  (the clients import it from here too)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="+", help="audio file(s) soundfile can read (wav, flac, ogg)")
@@ -24,20 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="server token (or env STREAMST_TOKEN)")
     parser.add_argument("--jsonl", action="store_true", help="print every server message as JSON lines")
     parser.add_argument("--srt", help="also write the committed words as SRT/VTT (by suffix); one file only")
-
-
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """float32 [samples, channels] and the sample rate."""
-    import soundfile as sf
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such audio file: {path}")
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except sf.LibsndfileError as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    return np.ascontiguousarray(audio), int(rate)
 
 
 def pieces_of(audio: np.ndarray, rate: int, piece_ms: float) -> list[bytes]:
