@@ -27,16 +27,24 @@ def add_stream_options(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                         help="torch, or onnx (MODEL is then a folder written by `streamst export-onnx`)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: one chunk's work is small, and more threads "
+                             "thrash when anything else runs)")
 
 
-def load_stream_model(name: str | None, task: str, backend: str = "torch"):
+def load_stream_model(name: str | None, task: str, backend: str = "torch", threads: int = 1):
     """The model to stream with: the named one, or the default one for the task."""
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
     if backend == "onnx":
         if not name:
             raise ValueError("--backend onnx needs --model DIR (a folder written by `streamst export-onnx`)")
         from streamst.onnx_backend import load_onnx_model
 
-        return load_onnx_model(name)
+        return load_onnx_model(name, threads=threads)
     from streamst.checkpoint import load_model
 
     return load_model(name or default_model(task))

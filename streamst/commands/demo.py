@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or DEFAULT_MODELS["st"]
     if args.model is None and name not in available_models():
         raise ValueError(f"the default model {name!r} is not installed; `streamst models` lists what is")
-    model = load_stream_model(name, "st", args.backend)
+    model = load_stream_model(name, "st", args.backend, args.threads)
     policy = parse_policy(args.policy)
     meta = Path(args.audio).with_suffix(".json")
     info = json.loads(meta.read_text()) if meta.exists() else {}

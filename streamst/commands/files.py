@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     task = "st" if args.command == "translate" else "asr"
     policy = parse_policy(args.policy)
-    model = load_stream_model(args.model, task, args.backend)
+    model = load_stream_model(args.model, task, args.backend, args.threads)
     refs = Path(args.reference).read_text().splitlines() if args.reference else []
     failed = 0
     for k, path in enumerate(args.audio):
