@@ -51,8 +51,9 @@ def read_checkpoint(path: str | Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable streamst checkpoint (truncated or foreign file: {e})") from None
-    except Exception as e:  # unpickling refusals of foreign pickles and similar
-        raise ValueError(f"{path}: not a streamst checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # foreign pickles (the safe loader refuses them) and similar
+        raise ValueError(f"{path}: not a streamst checkpoint (not a torch file of plain tensors and values: "
+                         f"{type(e).__name__})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path}: not a streamst checkpoint (no '{FORMAT}' marker)")
     if obj.get("version", 0) > VERSION:
