@@ -19,8 +19,9 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--chunk-ms", type=float, default=320.0)
     ap.add_argument("--seconds", type=float, default=300.0)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     if args.model:
         from streamst.checkpoint import load_model
 
@@ -38,7 +39,7 @@ def main() -> None:
     state = model.init_state()
     times: dict[int, list[float]] = {}
     marks = [10, args.seconds]
-    total_chunks = int(args.seconds * 1000 / args.chunk_ms) + 10
+    total_chunks = int(args.seconds * 1000 / args.chunk_ms) + 26
     for i in range(total_chunks):
         chunk = torch.from_numpy((0.05 * rng.standard_normal(n)).astype(np.float32))
         t0 = time.perf_counter()
@@ -46,7 +47,7 @@ def main() -> None:
         dt = (time.perf_counter() - t0) * 1000
         pos = (i + 1) * args.chunk_ms / 1000
         for m in marks:
-            if m <= pos < m + 10 * args.chunk_ms / 1000:
+            if m <= pos < m + 25 * args.chunk_ms / 1000:
                 times.setdefault(m, []).append(dt)
     params = sum(p.numel() for p in model.net.parameters()) / 1e6
     print(f"model {model.name} ({params:.1f}M params), chunk {args.chunk_ms:.0f} ms, torch threads {torch.get_num_threads()}")
