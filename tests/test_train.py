@@ -17,23 +17,10 @@ import torch
 from streamst.checkpoint import load_model, read_checkpoint
 from streamst.cli import main
 from streamst.data import synth
-from streamst.data.sources import SentencePair
 from streamst.training.average import average_state_dicts, step_checkpoints
 
-SENTENCES = [
-    ("The weather is nice today.", "Das Wetter ist heute schön."),
-    ("He has a lot of work.", "Er hat viel Arbeit."),
-    ("Please close the door.", "Bitte schließen Sie die Tür."),
-    ("Where is the station?", "Wo ist der Bahnhof?"),
-    ("I would like a cup of tea.", "Ich hätte gern eine Tasse Tee."),
-    ("The children are playing outside.", "Die Kinder spielen draußen."),
-    ("We will meet again tomorrow.", "Wir treffen uns morgen wieder."),
-    ("This book is very interesting.", "Dieses Buch ist sehr interessant."),
-    ("She bought a new car last week.", "Sie hat letzte Woche ein neues Auto gekauft."),
-    ("The museum opens at ten.", "Das Museum öffnet um zehn."),
-    ("My brother lives in Berlin.", "Mein Bruder wohnt in Berlin."),
-    ("It has been raining all day.", "Es regnet schon den ganzen Tag."),
-]
+from test_data import PAIRS  # the same twelve en-de sentence pairs
+
 CONFIG = synth.SynthConfig(pairs=("en-de",), test_voices=("en-gb-scotland+f2",), talk_seconds=(8.0, 14.0), seed=3,
                            dev_fraction=0.15, test_fraction=0.2)
 # a model small enough that a few updates take a moment on 2 busy cores
@@ -45,7 +32,7 @@ MICRO = ["--d-model", "32", "--heads", "2", "--enc-layers", "2", "--dec-layers",
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
-    synth.build_corpus(root, CONFIG, pair_sources={"en-de": [SentencePair(e, d, "test") for e, d in SENTENCES]})
+    synth.build_corpus(root, CONFIG, pair_sources={"en-de": PAIRS})
     return root
 
 
