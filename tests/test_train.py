@@ -186,6 +186,20 @@ def test_init_encoder_copies_the_asr_encoder_ctc_tokenizer_and_cmvn(corpus, tmp_
     assert read_checkpoint(st / "model.pt")["config"]["d_model"] == 32
 
 
+def test_ctc_only_pretraining_leaves_the_decoder_alone_and_scores_the_ctc_head(corpus, tmp_path):
+    root = tmp_path / "corpus"
+    shutil.copytree(corpus / "en-de", root / "en-en")
+    out = tmp_path / "ctc"
+    assert main(["train", "--corpus", str(root), "--pair", "en-en", "--out", str(out), *MICRO, "--steps", "2",
+                 "--save-every", "1", "--average-last", "1", "--ctc-weight", "1.0", "--dev-segments", "3",
+                 "--dev-every", "1", "--lr", "1e-2"]) == 0
+    first, second = weights(out / "step1.pt"), weights(out / "step2.pt")
+    changed = {k for k in first if not torch.equal(first[k], second[k])}
+    assert changed and all(k.startswith(("encoder.", "ctc.")) for k in changed), sorted(changed)[:5]
+    history = [json.loads(line) for line in (out / "dev.jsonl").read_text().splitlines()]
+    assert history and all("wer" in h for h in history)
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun not installed")
 def test_two_processes_through_torchrun_train_one_model(corpus, tmp_path):

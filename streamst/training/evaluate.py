@@ -45,6 +45,31 @@ def greedy_transcripts(net: SpeechTranslator, feats: list[Tensor], tokenizer: To
     return out
 
 
+@torch.inference_mode()
+def ctc_transcripts(net: SpeechTranslator, feats: list[Tensor], tokenizer: Tokenizer, *, device: torch.device,
+                    batch_size: int = 16) -> list[str]:
+    """Greedy CTC outputs (best piece per frame, repeats merged, blanks dropped): what an encoder pre-trained
+    with CTC alone can be scored by."""
+    was_training = net.training
+    net.eval()
+    out: list[str] = [""] * len(feats)
+    order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        lens = torch.tensor([feats[i].shape[0] for i in idx])
+        batch = torch.zeros(len(idx), int(lens.max()), feats[idx[0]].shape[1])
+        for row, i in enumerate(idx):
+            batch[row, : feats[i].shape[0]] = feats[i]
+        enc, enc_lens = net.encoder(batch.to(device), lens.to(device), net.cfg.chunk_frames, net.cfg.left_frames)
+        best = net.ctc(enc).argmax(-1).tolist()
+        for row, i in enumerate(idx):
+            pieces = [t for j, t in enumerate(best[row][: int(enc_lens[row])])
+                      if t != net.ctc_blank and (j == 0 or t != best[row][j - 1])]
+            out[i] = tokenizer.decode(pieces)
+    net.train(was_training)
+    return out
+
+
 def score(hypotheses: list[str], references: list[str], task: str) -> dict[str, float]:
     """{'bleu', 'chrf'} for translation, {'wer'} for recognition (percentages)."""
     if task == "asr":
@@ -55,7 +80,9 @@ def score(hypotheses: list[str], references: list[str], task: str) -> dict[str, 
 
 
 def evaluate_dev(net: SpeechTranslator, dev: list[tuple[Tensor, str]], tokenizer: Tokenizer, task: str, *,
-                 device: torch.device) -> tuple[dict[str, float], list[str]]:
-    """Scores and outputs on (normalised features, reference) pairs."""
-    hyps = greedy_transcripts(net, [f for f, _ in dev], tokenizer, device=device)
+                 device: torch.device, ctc: bool = False) -> tuple[dict[str, float], list[str]]:
+    """Scores and outputs on (normalised features, reference) pairs; `ctc` scores the CTC head instead of the
+    decoder (for ASR, where `tokenizer` is the source one)."""
+    transcribe = ctc_transcripts if ctc else greedy_transcripts
+    hyps = transcribe(net, [f for f, _ in dev], tokenizer, device=device)
     return score(hyps, [r for _, r in dev], task), hyps

@@ -63,11 +63,13 @@ def loss_fn(net: SpeechTranslator, batch: Batch, chunk: int, *, ctc_weight: floa
             label_smoothing: float = 0.1) -> tuple[Tensor, dict]:
     """Joint loss on one batch with the given attention chunk (in encoder frames)."""
     enc, enc_lens = net.encoder(batch.feats, batch.feat_lens, chunk, net.cfg.left_frames)
+    log_probs = net.ctc(enc).log_softmax(-1).transpose(0, 1)
+    ctc = F.ctc_loss(log_probs, batch.src, enc_lens, batch.src_lens, blank=net.ctc_blank, zero_infinity=True)
+    if ctc_weight >= 1.0:  # encoder pre-training (the ASR-first recipe): the decoder is not run at all
+        return ctc, {"ce": 0.0, "ctc": float(ctc.detach())}
     valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
     mem_kv = net.decoder.project_memory(enc)
     logits, _, _ = net.decoder(batch.tgt_in, mem_kv, mem_mask=valid, pad_mask=None)
     ce = F.cross_entropy(logits.transpose(1, 2), batch.tgt_out, ignore_index=-100, label_smoothing=label_smoothing)
-    log_probs = net.ctc(enc).log_softmax(-1).transpose(0, 1)
-    ctc = F.ctc_loss(log_probs, batch.src, enc_lens, batch.src_lens, blank=net.ctc_blank, zero_infinity=True)
     loss = (1 - ctc_weight) * ce + ctc_weight * ctc
     return loss, {"ce": float(ce.detach()), "ctc": float(ctc.detach())}

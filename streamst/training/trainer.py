@@ -321,7 +321,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     loss_module: nn.Module = JointLoss(net, cfg.ctc_weight, cfg.label_smoothing)
     if rt.world > 1:
         loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            loss_module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            find_unused_parameters=cfg.ctc_weight >= 1.0)  # CTC-only pre-training leaves the decoder unused
     t0 = time.time()
     meta = {"corpus": str(cfg.corpus), "pair": cfg.pair}
 
@@ -340,11 +341,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
         prune_step_checkpoints(out, max(cfg.keep_last, cfg.average_last) if cfg.keep_last > 0 else 0)
         return path
 
+    ctc_only = cfg.ctc_weight >= 1.0 and task == "asr"  # pre-training: the decoder is untrained, score CTC
+
     def run_dev() -> None:
         from streamst.training.evaluate import evaluate_dev
 
         with autocast():
-            scores, _ = evaluate_dev(net, dev, tgt_tok, task, device=rt.device)
+            scores, _ = evaluate_dev(net, dev, tgt_tok, task, device=rt.device, ctc=ctc_only)
         dev_history.append({"step": step, **scores})
         say(f"dev step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
         with open(out / "dev.jsonl", "a", encoding="utf-8") as f:
@@ -451,7 +454,8 @@ def _finish(cfg, out, net, dev, dev_history, task, tgt_tok, rt, skipped, lengths
         eval_net.to(rt.device)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if rt.device.type == "cuda" else contextlib.nullcontext()
         with ctx:
-            final_dev, hyps = evaluate_dev(eval_net, dev, tgt_tok, task, device=rt.device)
+            final_dev, hyps = evaluate_dev(eval_net, dev, tgt_tok, task, device=rt.device,
+                                           ctc=cfg.ctc_weight >= 1.0 and task == "asr")
         (out / "dev-hyps.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         say("final model on dev: " + ", ".join(f"{k} {v:.2f}" for k, v in final_dev.items()))
     n_batches = len(bucket_batches(lengths, cfg.max_frames, random.Random(0)))
