@@ -176,8 +176,10 @@ def export_graphs(net: SpeechTranslator, out_dir: Path) -> list[Path]:
     """Write encoder.onnx, memory.onnx and decoder.onnx (fp32) into out_dir."""
     net = net.eval()
     cfg = net.cfg
-    modules = {"encoder.onnx": EncoderStepGraph(net, cfg.chunk_frames, cfg.left_frames), "memory.onnx": MemoryGraph(net),
-               "decoder.onnx": DecoderStepGraph(net)}
+    # the wrappers must be in eval mode too: the exporter puts each module back in its own mode afterwards,
+    # and a wrapper left in training mode would switch the shared submodules (and the caller's model) to training
+    modules = {"encoder.onnx": EncoderStepGraph(net, cfg.chunk_frames, cfg.left_frames).eval(),
+               "memory.onnx": MemoryGraph(net).eval(), "decoder.onnx": DecoderStepGraph(net).eval()}
     examples = dict(zip(FILES, _example_inputs(net)))
     paths = []
     for name in FILES:
