@@ -3,10 +3,14 @@ audio into a Session and read the same typed events out of it.
 
     chunker --chunks--> model.encode (features + cached encoder) --frames--> memory
     memory + committed prefix --model.decode--> candidate --policy--> committed words + partial tail
+
+`push`/`finish` run each chunk alone; a scheduler may instead drive the same phases (`take_chunks`,
+`model.encode`, `absorb`, `decode_request`, `model.decode`, `commit`) for many sessions at once.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +19,18 @@ import torch
 from streamst.audio import SAMPLE_RATE, AudioFormat, Chunker
 from streamst.events import Event, Partial, Word
 from streamst.policies.base import Candidate, Policy, PolicyView, word_starts
+from streamst.speech_model import Hypothesis
 from streamst.tokenizer import WORD_START
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One stream's decoder call for a chunk: continue after `prefix` over `memory` [frames, d]."""
+
+    memory: torch.Tensor
+    prefix: list[int]
+    beam: int
+    max_tokens: int
 
 
 class Session:
@@ -53,21 +68,18 @@ class Session:
 
     def push(self, pcm: bytes | np.ndarray) -> list[Event]:
         """Feed one piece of audio (any size); returns the events of every chunk it completed."""
-        if self.finished:
-            raise ValueError("session already finished")
         events: list[Event] = []
-        for chunk in self.chunker.push(pcm):  # raises ValueError on bad audio before changing any state
-            events += self._step(chunk, final=False)
+        for chunk, final in self.take_chunks(pcm):  # raises ValueError on bad audio before changing any state
+            events += self._step(chunk, final)
         return events
 
     def finish(self) -> list[Event]:
         """End of stream: encode the rest and commit every word still held."""
         if self.finished:
             return []
-        chunks = self.chunker.flush() or [np.zeros(0, dtype=np.float32)]
         events: list[Event] = []
-        for i, chunk in enumerate(chunks):
-            events += self._step(chunk, final=i == len(chunks) - 1)
+        for chunk, final in self.take_final_chunks():
+            events += self._step(chunk, final)
         self.finished = True
         return events
 
@@ -83,28 +95,49 @@ class Session:
     def source_ms(self) -> float:
         return self.samples * 1000.0 / SAMPLE_RATE
 
-    # ------------------------------------------------------------------ one chunk
+    # ------------------------------------------------------------------ the steps, for schedulers
+    # A chunk goes through three phases: `model.encode` (which a batching scheduler may run for many streams at
+    # once), `absorb` its frames, then `decode_request` -> `model.decode` (batchable too) -> `commit`.
 
-    def _step(self, audio: np.ndarray, final: bool) -> list[Event]:
-        t0 = self.clock()
-        frames, self.enc_state = self.model.encode(torch.from_numpy(np.ascontiguousarray(audio)), self.enc_state, final)
+    def take_chunks(self, pcm: bytes | np.ndarray) -> list[tuple[np.ndarray, bool]]:
+        """The (audio, final) chunks one piece of audio completes; ValueError on bad audio, with no state changed."""
+        if self.finished:
+            raise ValueError("session already finished")
+        return [(chunk, False) for chunk in self.chunker.push(pcm)]
+
+    def take_final_chunks(self) -> list[tuple[np.ndarray, bool]]:
+        """The chunks that end the stream (at least one, the last marked final); the caller sets `finished`."""
+        chunks = self.chunker.flush() or [np.zeros(0, dtype=np.float32)]
+        return [(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
+
+    def absorb(self, audio: np.ndarray, frames: torch.Tensor, enc_state: Any) -> None:
+        """Take the encoder's output for one chunk: the new frames join the memory, the state is kept."""
+        self.enc_state = enc_state
         if self.model.appends_memory and self.memory is not None:
             self.memory = torch.cat([self.memory, frames], dim=0)
         else:
             self.memory = frames
         self.samples += audio.size
         self.chunks += 1
-        events: list[Event] = []
-        if self.memory.shape[0] > 0 and (final or not getattr(self.policy, "writes_only_at_end", False)):
-            events = self._decide(final, t0)
-        self.compute_s += self.clock() - t0
-        return events
 
-    def _decide(self, final: bool, t0: float) -> list[Event]:
-        tok = self.model.tokenizer
+    def decode_request(self, final: bool) -> DecodeRequest | None:
+        """What the decoder must continue now (memory, forced prefix, beam, budget); None when no decision is due."""
+        if self.memory is None or self.memory.shape[0] == 0:
+            return None
+        if not final and getattr(self.policy, "writes_only_at_end", False):
+            return None
         prefix = [t for word in self.history for t in word]
         budget = min(self.max_new_tokens, self.memory.shape[0] // 2 + 8)
-        hyp = self.model.decode(self.memory, prefix, beam=self.beam, max_tokens=budget)
+        return DecodeRequest(self.memory, prefix, self.beam, budget)
+
+    def commit(self, request: DecodeRequest, hyp: Hypothesis, final: bool, t0: float, shared_s: float = 0.0) -> list[Event]:
+        """Run the policy on the decoder's continuation and emit the committed words and the partial tail.
+
+        `t0` is when this stream's own work on the chunk began and `shared_s` its share of batched work before
+        that; both go into each word's `compute_ms`.
+        """
+        tok = self.model.tokenizer
+        prefix = request.prefix
         pieces = tok.pieces(hyp.tokens)
         attention = None if hyp.attention is None else hyp.attention.float().numpy()
         view = PolicyView(
@@ -122,7 +155,7 @@ class Session:
         decision, self.policy_state = self.policy.decide(view, self.policy_state)
         n = len(pieces) if final else whole_words(pieces, decision.tokens)
         events: list[Event] = []
-        compute_ms = (self.compute_s + self.clock() - t0) * 1000.0
+        compute_ms = (self.compute_s + shared_s + self.clock() - t0) * 1000.0
         starts = word_starts(pieces[:n]) + [n]
         for a, b in zip(starts, starts[1:]):
             text = "".join(pieces[a:b]).replace(WORD_START, " ").strip()
@@ -144,6 +177,20 @@ class Session:
         if partial != self._last_partial:
             events.append(Partial(partial, self.source_ms))
             self._last_partial = partial
+        return events
+
+    # ------------------------------------------------------------------ one chunk, alone
+
+    def _step(self, audio: np.ndarray, final: bool) -> list[Event]:
+        t0 = self.clock()
+        frames, enc_state = self.model.encode(torch.from_numpy(np.ascontiguousarray(audio)), self.enc_state, final)
+        self.absorb(audio, frames, enc_state)
+        events: list[Event] = []
+        request = self.decode_request(final)
+        if request is not None:
+            hyp = self.model.decode(request.memory, request.prefix, beam=request.beam, max_tokens=request.max_tokens)
+            events = self.commit(request, hyp, final, t0)
+        self.compute_s += self.clock() - t0
         return events
 
     def _span(self, attention: np.ndarray | None, a: int, b: int) -> tuple[float | None, float | None]:

@@ -37,7 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the page's own origins on localhost are always allowed")
     parser.add_argument("--certfile", help="TLS certificate (PEM); needed for microphones on remote hosts")
     parser.add_argument("--keyfile", help="TLS private key (PEM)")
-    parser.add_argument("--workers", type=int, default=1, help="model worker threads")
+    parser.add_argument("--scheduler", choices=["batch", "threads"], default="batch",
+                        help="batch: one worker steps every stream with a chunk ready as one batch (stacked encoder "
+                             "states, batched greedy decoding); threads: each stream's step alone on a thread pool")
+    parser.add_argument("--max-batch", type=int, default=32, help="streams per batched step (--scheduler batch)")
+    parser.add_argument("--workers", type=int, default=1, help="model worker threads (--scheduler threads)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--port-file", help="write the bound port to this file once listening (for scripts)")
     parser.add_argument("--log-level", default="INFO")
@@ -74,11 +78,21 @@ def default_model() -> str:
     return WHISPER_TINY_EN if WHISPER_TINY_EN in models else next(iter(models))
 
 
+def make_scheduler(args: argparse.Namespace):
+    """The model scheduler `--scheduler` names (batching by default)."""
+    if args.scheduler == "threads":
+        from streamst.server.scheduler import Scheduler
+
+        return Scheduler(workers=args.workers, torch_threads=args.torch_threads)
+    from streamst.server.batching import BatchingScheduler
+
+    return BatchingScheduler(torch_threads=args.torch_threads, max_batch=args.max_batch)
+
+
 def run(args: argparse.Namespace) -> int:
     from streamst.checkpoint import load_model
     from streamst.policies import parse_policy
     from streamst.server.app import ServerConfig, StreamServer, default_origins, serve_forever
-    from streamst.server.scheduler import Scheduler
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limits = limits_from_args(args)
@@ -92,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     origins = None if "*" in args.allow_origin else default_origins(args.host, args.port) | set(args.allow_origin)
     config = ServerConfig(model_name=Path(model_name).stem, default_policy=args.policy, chunk_ms=args.chunk_ms,
                           limits=limits, token=args.token or None, allowed_origins=origins)
-    scheduler = Scheduler(workers=args.workers, torch_threads=args.torch_threads)
+    scheduler = make_scheduler(args)
     server = StreamServer(model, config, scheduler)
 
     def ready(port: int) -> None:
