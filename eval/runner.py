@@ -8,7 +8,8 @@ and `references.txt` (long-form, what `streamst score --segments` needs), `score
 
 Resume: each finished unit (segment or talk) is appended and fsync'ed; a rerun with the same `--out` and settings
 drops a torn last line and does only the units missing from `instances.log`. The final log is rewritten sorted
-by index, so output order never depends on `--workers`.
+by index, so output order never depends on `--workers`. Every other file is written to a temporary name, fsync'ed
+and renamed, so a kill at any point leaves whole files (tests/test_reliability.py kills runs with SIGKILL).
 """
 from __future__ import annotations
 
@@ -244,13 +245,33 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
 
 def write_jsonl_atomic(path: Path, objects: Iterable[dict]) -> None:
     """Replace a file with these lines, never leaving a half-written file behind."""
+    write_text_atomic(path, "".join(json.dumps(obj) + "\n" for obj in objects))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write-then-rename with fsync: a kill at any point leaves the old file or the new one, never a torn one."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for obj in objects:
-            f.write(json.dumps(obj) + "\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class AppendLog:
@@ -324,7 +345,7 @@ def _prepare_out(out: Path, config: EvalConfig, fresh: bool) -> None:
             raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)}); "
                              "use another --out or --fresh")
     else:
-        run_file.write_text(json.dumps(asdict(config), indent=2) + "\n")
+        write_text_atomic(run_file, json.dumps(asdict(config), indent=2) + "\n")
 
 
 def evaluate(config: EvalConfig, out: Path, workers: int = 1, progress: bool = True, fresh: bool = False,
@@ -380,12 +401,14 @@ def evaluate(config: EvalConfig, out: Path, workers: int = 1, progress: bool = T
     if not records:
         raise ValueError(f"no {'talk' if config.longform else 'segment'} could be evaluated (see {out}/skipped.jsonl)")
     scores = score_run(config, out, records, in_scope, wall_s, len(skipped) + len(failures))
-    (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    write_text_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     write_scores_tsv(out / "scores.tsv", scores)
     try:
         from . import plots
 
-        plots.plot_delays(records, out / "delays.png", longform=config.longform)
+        tmp_png = out / "delays.tmp.png"
+        plots.plot_delays(records, tmp_png, longform=config.longform)
+        os.replace(tmp_png, out / "delays.png")
     except ImportError as e:
         log(f"no delays.png ({e}); install matplotlib")
     return scores
@@ -443,9 +466,9 @@ def score_longform(out: Path, in_scope: list, records: list[dict], task: str) ->
     kept = [s for s in in_scope if s.wav.name in done_wavs]
     raw = [{"wav": s.wav.name, "offset": s.offset, "duration": s.duration} for s in kept]
     refs = [s.source if task == "asr" else s.target for s in kept]
-    (out / "segments.yaml").write_text("".join(
+    write_text_atomic(out / "segments.yaml", "".join(
         f"- {{duration: {r['duration']!r}, offset: {r['offset']!r}, wav: {r['wav']}}}\n" for r in raw))
-    (out / "references.txt").write_text("".join(r + "\n" for r in refs), encoding="utf-8")
+    write_text_atomic(out / "references.txt", "".join(r + "\n" for r in refs))
     segments = longform.make_segments(formats.read_segments(out / "segments.yaml"),
                                       formats.read_references(out / "references.txt"))
     outputs, _ = formats.read_simulstream(out / "simulstream.log", UNIT, "word")
@@ -500,7 +523,7 @@ def write_scores_tsv(path: Path, scores: dict) -> None:
            "audio_hours": round(scores["audio_hours"], 4), "instances": scores["instances"],
            "skipped": scores["skipped"], "mode": scores["mode"], "model": scores["model"],
            "policy": scores["policy"], "git_revision": scores["git_revision"], "machine": scores["machine"]}
-    path.write_text("\t".join(row) + "\n" + "\t".join(str(v) for v in row.values()) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\t".join(row) + "\n" + "\t".join(str(v) for v in row.values()) + "\n")
 
 
 def print_scores(scores: dict, stream) -> None:
