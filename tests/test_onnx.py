@@ -9,8 +9,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from streamst.audio import AudioFormat  # noqa: E402
+from streamst.bench_quality import Utterance, agreement, compare_backends  # noqa: E402
 from streamst.cli import main  # noqa: E402
-from streamst.eval.quality import wer  # noqa: E402
 from streamst.events import Word  # noqa: E402
 from streamst.onnx_backend import load_onnx_model  # noqa: E402
 from streamst.onnx_export import export_onnx  # noqa: E402
@@ -28,16 +28,6 @@ def onnx_dir(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def onnx_model(onnx_dir):
     return load_onnx_model(onnx_dir)
-
-
-def _words(model, wav, policy, beam=1):
-    audio, sr = read_wav(wav)
-    s = Session(model, parse_policy(policy), AudioFormat(sample_rate=sr), beam=beam)
-    events = []
-    for i in range(0, audio.size, 3000):
-        events += s.push(audio[i:i + 3000])
-    events += s.finish()
-    return [e.text for e in events if isinstance(e, Word)], [e.emitted_ms for e in events if isinstance(e, Word)]
 
 
 def test_encoder_graph_equals_torch_steps_for_two_streams_of_different_ages(tiny_model, onnx_dir):
@@ -67,18 +57,81 @@ def test_encoder_graph_equals_torch_steps_for_two_streams_of_different_ages(tiny
     np.testing.assert_allclose(out[1], want_old[0].numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("policy", ["waitk:k=2", "alignatt:frames=6", "streamatt:frames=6,history_words=4"])
-def test_onnx_backend_commits_the_same_words_as_torch(tiny_model, onnx_model, tiny_corpus, policy):
-    """fp32 parity through the Session; alignatt and streamatt read the cross-attention of the ONNX decoder."""
-    for wav, _ in tiny_corpus[:4]:
-        got = _words(onnx_model, wav, policy)
-        assert got[0] and got == _words(tiny_model, wav, policy)
+# every policy kind, with the options that change what they read (attention rows, z-scores, prefix attention,
+# source word counts from CTC, the history StreamAtt keeps); the same list as the torch session tests and more
+SESSION_POLICIES = ["waitk:k=2", "waitk:k=1,unit=word", "la:n=2", "la:n=3", "edatt:alpha=0.2,lambda=2",
+                    "edatt:alpha=0.1,norm=none", "alignatt:frames=6", "alignatt:frames=4,zscore=1",
+                    "streamatt:frames=6,history_words=4", "streamatt:frames=4,history=punct", "offline"]
+
+
+def _events(model, audio, policy, piece=3000, beam=1):
+    """Every event of a stream as comparable tuples (compute time left out), and where finish() starts."""
+    s = Session(model, parse_policy(policy), beam=beam)
+    events = []
+    for i in range(0, audio.size, piece):
+        events += s.push(audio[i:i + piece])
+    n_before_finish = len(events)
+    events += s.finish()
+    rows = [("W", e.text, e.emitted_ms, e.start_ms, e.end_ms) if isinstance(e, Word) else ("P", e.text, e.source_ms)
+            for e in events]
+    return rows, n_before_finish, s
+
+
+@pytest.mark.parametrize("policy", SESSION_POLICIES)
+def test_onnx_backend_passes_the_session_like_torch(tiny_model, onnx_model, tiny_corpus, policy):
+    """fp32 parity through the Session for every policy: the same words at the same source time, the same
+    attention spans and partials, and finish() flushes the same last words. The attention policies read
+    the cross-attention of the ONNX decoder; edatt reads the prefix attention; la compares hypotheses."""
+    flushed = 0
+    for wav, text in tiny_corpus[:4]:
+        audio = read_wav(wav)[0]
+        got, n_got, s = _events(onnx_model, audio, policy)
+        want, n_want, _ = _events(tiny_model, audio, policy)
+        assert got == want and n_got == n_want
+        words = [r[1] for r in got if r[0] == "W"]
+        assert words and len(words) <= 2 * len(text.split())
+        assert s.finished and s.memory.shape[0] > 0
+        flushed += any(r[0] == "W" for r in got[n_got:])
+    if policy == "offline":
+        assert flushed == 4  # everything is written by finish()
+
+
+def test_onnx_session_on_a_long_stream_with_streamatt_trims_memory_like_torch(tiny_model, onnx_model, tiny_corpus):
+    """Eight utterances back to back (about 10 s): StreamAtt drops frames from the memory and words from the
+    prefix on both backends alike (how much it drops is the policy's business, pinned by test_policies_session)."""
+    audio = np.concatenate([read_wav(wav)[0] for wav, _ in tiny_corpus[:8]])
+    got, _, s_onnx = _events(onnx_model, audio, "streamatt:frames=6,history_words=4", piece=5120)
+    want, _, s_torch = _events(tiny_model, audio, "streamatt:frames=6,history_words=4", piece=5120)
+    assert got == want
+    assert s_onnx.frames_dropped == s_torch.frames_dropped > 0
+    total = s_onnx.memory.shape[0] + s_onnx.frames_dropped
+    assert total == pytest.approx(audio.size / 640, abs=2)
+
+
+def test_onnx_session_rejects_bad_audio_and_finishes_an_empty_stream(onnx_model, tiny_corpus):
+    wav, text = tiny_corpus[0]
+    audio, sr = read_wav(wav)
+    s = Session(onnx_model, parse_policy("offline"), AudioFormat(sample_rate=sr, encoding="pcm_s16le"))
+    pcm = (audio * 32767).astype("<i2").tobytes()
+    s.push(pcm[: len(pcm) // 4 * 2])
+    with pytest.raises(ValueError):
+        s.push(b"\x01")
+    s.push(pcm[len(pcm) // 4 * 2:])
+    assert [e.text for e in s.finish() if isinstance(e, Word)] == text.split()
+    empty = Session(onnx_model, parse_policy("waitk:k=2"))
+    assert [e for e in empty.finish() if isinstance(e, Word)] == []
+
+
+def test_export_leaves_the_torch_model_in_eval_mode(tiny_model, onnx_dir):
+    """The exporter restores each module's own mode; the export must not switch the caller's model to training."""
+    assert not any(m.training for m in tiny_model.net.modules())
 
 
 def test_onnx_beam_search_matches_torch(tiny_model, onnx_model, tiny_corpus):
-    wav, _ = tiny_corpus[1]
-    got = _words(onnx_model, wav, "waitk:k=2", beam=3)
-    assert got[0] and got == _words(tiny_model, wav, "waitk:k=2", beam=3)
+    for wav, _ in tiny_corpus[1:3]:
+        audio = read_wav(wav)[0]
+        got = _events(onnx_model, audio, "alignatt:frames=6", beam=3)[0]
+        assert got and got == _events(tiny_model, audio, "alignatt:frames=6", beam=3)[0]
 
 
 def test_batched_greedy_with_padding_equals_one_stream_at_a_time(tiny_model, onnx_dir):
@@ -132,18 +185,26 @@ def test_batch_scheduler_slot_state_stays_flat(tiny_model, onnx_dir):
     assert slots[0].frames == 30 * tiny_model.net.cfg.chunk_frames
 
 
-def test_export_cli_int8_loses_little_on_the_tiny_corpus(tiny_model_path, tiny_corpus, onnx_model, tmp_path):
+def test_export_cli_int8_keeps_most_words_through_the_session(tiny_model_path, tiny_model, tiny_corpus, onnx_model,
+                                                             tmp_path):
+    """int8 through the real Session: most committed words agree with fp32, the CTC transcript barely moves."""
     out = tmp_path / "int8"
     assert main(["export-onnx", str(tiny_model_path), "--out", str(out), "--int8"]) == 0
     int8 = load_onnx_model(out)
     assert int8.int8 and (out / "encoder.onnx").stat().st_size < 0.5 * (onnx_model.folder / "encoder.onnx").stat().st_size
-    refs, fp32_hyps, int8_hyps = [], [], []
-    for wav, text in tiny_corpus[:12]:
-        refs.append(text)
-        fp32_hyps.append(" ".join(_words(onnx_model, wav, "waitk:k=2")[0]))
-        int8_hyps.append(" ".join(_words(int8, wav, "waitk:k=2")[0]))
-    # wer() is in percent; int8 weights of a 96-wide model cost a few words on 12 sentences (0 to 9 points seen)
-    assert wer(int8_hyps, refs) <= wer(fp32_hyps, refs) + 15.0
+    utts = [Utterance(read_wav(wav)[0], text, text) for wav, text in tiny_corpus[:12]]
+    q = compare_backends({"torch": tiny_model, "onnx": onnx_model, "int8": int8}, utts, "waitk:k=2")
+    assert q["agreement"]["onnx_vs_torch"] == 1.0
+    # int8 weights of a 96-wide model change a few words of 12 sentences (agreement 0.91 seen, CTC 1.0)
+    assert 0.75 <= q["agreement"]["int8_vs_onnx"] and q["ctc_agreement"]["int8_vs_onnx"] >= 0.9
+    assert q["int8"]["wer"] <= q["onnx"]["wer"] + 20.0
+
+
+def test_agreement_counts_word_edits_against_the_reference_side():
+    assert agreement(["a b c d"], ["a b c d"]) == 1.0
+    assert agreement(["a x c d", ""], ["a b c d", ""]) == 0.75
+    assert agreement(["a b c d e f g h i"], ["a"]) == 0.0  # floored
+    assert agreement([""], [""]) == 1.0 and agreement(["a"], [""]) == 0.0
 
 
 def test_load_rejects_a_folder_that_is_not_an_export(tmp_path):
