@@ -1,16 +1,20 @@
-"""`streamst bench --json --quick` on the tiny model: one JSON object with every promised key."""
+"""`streamst bench` on the tiny model: the JSON figures, int8 agreement, and the device scheduler (CPU only here)."""
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("onnx")
 
+from streamst.bench_device import BatchedFbank, DeviceScheduler, audio_bank  # noqa: E402
 from streamst.cli import main  # noqa: E402
+from streamst.features import fbank  # noqa: E402
+from streamst.scheduler_batch import BatchScheduler, StepRunner  # noqa: E402
 
 KEYS = ["rtf", "chunk_ms_p95_10s", "chunk_ms_p95_600s", "recompute_over_cached_60s", "onnx_over_torch_speedup",
-        "max_realtime_streams", "peak_rss_mb"]
+        "max_realtime_streams", "peak_rss_mb", "int8_rtf", "int8_over_fp32_speedup"]
 
 
 def test_bench_json_has_every_figure(tiny_model_path, capsys):
@@ -23,8 +27,94 @@ def test_bench_json_has_every_figure(tiny_model_path, capsys):
     assert res["max_realtime_streams"] >= 1
     assert set(res["encoder_ms"]) == {f"{b}_{p}s" for b in ("torch", "onnx") for p in (10, 60, 600)}
     assert res["scheduler_p95_ms"]["1"] < 300
+    assert 0.0 <= res["int8_word_agreement"] <= 1.0 and 0.0 <= res["int8_ctc_agreement"] <= 1.0
+    assert res["onnx_word_agreement"] == 1.0  # fp32 onnx commits exactly torch's words
+    q = res["int8_quality"]
+    assert q["data"].endswith("sample-en.wav") and q["utterances"] == 1
+    assert {"torch", "onnx", "int8"} <= set(q) and "wer" in q["int8"]  # the tiny model is an ASR model
 
 
 def test_bench_rejects_a_missing_model(tmp_path, capsys):
     assert main(["bench", "--quick", "--model", str(tmp_path / "none.pt")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ device scheduler
+
+
+def test_batched_fbank_equals_kaldi_fbank():
+    torch.manual_seed(0)
+    audio = torch.randn(3, 5360) * 0.1
+    audio[1] *= 0.001  # quiet rows reach the log floor
+    want = torch.stack([fbank(a) for a in audio])
+    got = BatchedFbank(torch.device("cpu"))(audio)
+    assert got.shape == want.shape == (3, 32, 80)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+
+
+def _run_both(tiny_model, dtype: str, steps: int = 10):
+    """Three streams of different ages (the third joins after 3 chunks) through the device scheduler and the
+    onnx-graph BatchScheduler in torch; AlignAtt off (frames=0) so both commit every token before eos."""
+    tok = tiny_model.tokenizer
+    dev = DeviceScheduler(tiny_model.net, tiny_model.mean, tiny_model.std, bos=tok.bos, eos=tok.eos, dtype=dtype,
+                          memory_frames=40, alignatt_frames=0)
+    dev.allocate(3)
+    ref = BatchScheduler(StepRunner(tiny_model.net.cfg, net=tiny_model.net), tiny_model.mean, tiny_model.std,
+                         bos=tok.bos, eos=tok.eos, memory_frames=40)
+    slots = [ref.new_stream() for _ in range(3)]
+    bank = audio_bank(torch.device("cpu"))
+    got, want = [], []
+    for k in range(steps):
+        rows = torch.arange(3 if k >= 3 else 2)
+        audio = bank[(rows + k) % 8]
+        tokens, committed = dev.step(rows, audio)
+        got += [tokens[i, :committed[i]].tolist() for i in range(len(rows))]
+        want += ref.step(slots[:len(rows)], list(audio))
+    return got, want, dev
+
+
+def test_device_scheduler_float32_equals_the_batch_scheduler(tiny_model):
+    got, want, dev = _run_both(tiny_model, "float32")
+    assert got == want and sum(map(len, want)) > 10
+    assert dev.slab.frames[:3].tolist() == [80, 80, 56]
+    assert dev.slab.mem_len[:3].tolist() == [40, 40, 40]
+
+
+def test_device_scheduler_runs_bfloat16_on_cpu_without_touching_the_model(tiny_model):
+    got, want, dev = _run_both(tiny_model, "bfloat16")
+    assert dev.slab.kv.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in tiny_model.net.parameters())
+    same = sum(g == w for g, w in zip(got, want))
+    assert same >= 0.7 * len(want)  # bf16 rounding may flip a near-tie
+
+
+def test_device_scheduler_alignatt_holds_back_tokens_that_attend_to_the_newest_frames(tiny_model):
+    tok = tiny_model.tokenizer
+    dev = DeviceScheduler(tiny_model.net, tiny_model.mean, tiny_model.std, bos=tok.bos, eos=tok.eos,
+                          memory_frames=40, alignatt_frames=40)  # every frame is "too new": nothing commits
+    dev.allocate(2, steady=True)
+    bank = audio_bank(torch.device("cpu"))
+    rows = torch.arange(2)
+    before = dev.slab.prefix[:2].clone()
+    _, committed = dev.step(rows, bank[:2])
+    assert committed.tolist() == [0, 0] and torch.equal(dev.slab.prefix[:2], before)
+
+
+def test_bench_device_cpu_bfloat16(tiny_model_path, capsys):
+    assert main(["bench", "--json", "--quick", "--device", "cpu", "--dtype", "bfloat16", "--max-streams", "4",
+                 "--model", str(tiny_model_path)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["device"] == "cpu" and res["dtype"] == "bfloat16" and res["cuda_graphs"] is False
+    assert res["rtf"] > 0 and set(res["step_ms_by_batch"]) == {"1", "8", "32"}
+    assert 1 <= res["max_realtime_streams"] <= 4 and res["scheduler_p95_ms"]["1"] < 300
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when CUDA is absent")
+def test_bench_device_cuda_without_a_gpu_is_a_clear_error(tiny_model_path, capsys):
+    assert main(["bench", "--device", "cuda", "--model", str(tiny_model_path)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_bench_dtype_needs_a_device(tiny_model_path, capsys):
+    assert main(["bench", "--dtype", "bfloat16", "--model", str(tiny_model_path)]) == 2
+    assert "--device" in capsys.readouterr().err

@@ -3,7 +3,11 @@
 Measures, in one run: per-chunk encoder and decoder time (p50/p95) at 10 s, 60 s and 600 s into a stream for
 torch eager and onnxruntime; a naive baseline that re-encodes all audio so far at every chunk; the
 single-stream real-time factor; how many real-time streams the batching scheduler carries (p95 added delay
-under 300 ms, simulated on a virtual clock with the real batched compute); peak RSS.
+under 300 ms, simulated on a virtual clock with the real batched compute); peak RSS; and what int8 costs:
+the int8 export's speed and its committed words against fp32 onnx and torch on real speech (the shipped sample,
+or --quality-data).
+With --device (cpu or cuda) it measures the device scheduler instead (streamst.bench_device): every stream's
+state on the device, batched features, encoder and decoder steps in --dtype, AlignAtt, CUDA graphs on a GPU.
 The decoder works on a bounded context (the last 10 s of encoder frames, the last 16 prefix tokens) and
 writes up to 4 greedy tokens per 320 ms chunk, so its cost is the same at 10 s and at 600 s by design.
 """
@@ -35,6 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backend for rtf, chunk times and the scheduler (both are always timed for the ratio)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (for tests); 600 s is still reached")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per backend (default 1: per-chunk work is small, and a second thread only adds tail latency on a busy 2-core machine; 0: library default)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 export (its speed and word agreement)")
+    parser.add_argument("--quality-data", metavar="MUSTC_ROOT",
+                        help="compare torch, fp32 and int8 onnx on this MuST-C-layout corpus (default: the shipped "
+                             "sample-en.wav)")
+    parser.add_argument("--quality-pair", default="en-de")
+    parser.add_argument("--quality-split", default="tst-COMMON")
+    parser.add_argument("--quality-limit", type=int, default=20, help="segments of --quality-data (default 20)")
+    parser.add_argument("--quality-policy", default="waitk:k=2", help="policy for the committed words")
+    parser.add_argument("--device", help="bench the device scheduler on cpu or cuda instead of torch vs onnxruntime: "
+                                         "features, encoder, decoder and AlignAtt for all streams in one batch")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the step graphs with --device (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--max-streams", type=int,
+                        help="cap of the real-time streams search (default 1024, or 65536 with --device cuda)")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="with --device cuda: run the encoder eagerly")
 
 
 def synthetic_chunk(i: int) -> torch.Tensor:
@@ -133,20 +152,22 @@ def recompute_timings(model, positions_s: list[float], reps: int) -> dict:
     return out
 
 
-def max_realtime_streams(scheduler, ticks: int, cap: int = 1024, bound_ms: float = BOUND_MS) -> tuple[int, dict]:
+def max_realtime_streams(scheduler, ticks: int, cap: int = 1024, bound_ms: float = BOUND_MS,
+                         simulate_fn=None) -> tuple[int, dict]:
     """Largest N whose p95 added delay stays under the bound (doubling, then bisection); returns N and the
-    p95 of every N tried."""
+    p95 of every N tried. simulate_fn(scheduler, n, ticks) -> p95 ms (default: `simulate`)."""
     tried: dict[int, float] = {}
+    simulate_fn = simulate_fn or simulate
 
     def ok(n: int) -> bool:
-        tried[n] = simulate(scheduler, n, ticks)
+        tried[n] = simulate_fn(scheduler, n, ticks)
         return tried[n] < bound_ms
 
     if not ok(1):
         return 0, tried
     good, bad = 1, None
     while bad is None and good < cap:
-        n = good * 2
+        n = min(good * 2, cap)
         if ok(n):
             good = n
         else:
@@ -211,6 +232,12 @@ def run(args: argparse.Namespace) -> int:
     from streamst.scheduler_batch import BatchScheduler, StepRunner
 
     t_start = time.perf_counter()
+    if args.dtype and not args.device:
+        raise ValueError("--dtype applies to the device scheduler: give --device cpu or --device cuda")
+    if args.device:
+        from streamst.bench_device import resolve_device
+
+        resolve_device(args.device, args.dtype or "float32")  # fail before loading anything
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
@@ -225,6 +252,13 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     log(f"model: {source}; {sum(p.numel() for p in torch_model.net.parameters()) / 1e6:.1f}M parameters, "
         f"{cfg.enc_layers}-layer d={cfg.d_model} encoder, {cfg.dec_layers}-layer decoder, chunk 320 ms")
+    if args.device:
+        res = run_device(args, torch_model, source, log)
+        res["bench_s"] = time.perf_counter() - t_start
+        log(f"bench took {res['bench_s']:.0f} s")
+        if args.json:
+            print(json.dumps(res))
+        return 0
     tmp = tempfile.TemporaryDirectory(prefix="streamst-bench-")
     onnx_model = load_onnx_model(export_onnx(torch_model, tmp.name), threads=args.threads)
     models = {"torch": torch_model, "onnx": onnx_model}
@@ -238,6 +272,14 @@ def run(args: argparse.Namespace) -> int:
             r = timings[name][p]
             log(f"{name:5s} at {p:5.0f} s: encoder p50 {pct(r['enc'], 50):6.2f} p95 {pct(r['enc'], 95):6.2f} ms | "
                 f"decoder ({np.mean(r['tokens']):.1f} tokens) p50 {pct(r['dec'], 50):6.2f} p95 {pct(r['dec'], 95):6.2f} ms")
+    if not args.no_int8:
+        int8_dir = tempfile.TemporaryDirectory(prefix="streamst-bench-int8-")
+        int8_model = load_onnx_model(export_onnx(torch_model, int8_dir.name, int8=True), threads=args.threads)
+        timings["int8"] = stream_timings(int8_model, positions, window)
+        for p in positions:
+            r = timings["int8"][p]
+            log(f"int8  at {p:5.0f} s: encoder p50 {pct(r['enc'], 50):6.2f} p95 {pct(r['enc'], 95):6.2f} ms | "
+                f"decoder p50 {pct(r['dec'], 50):6.2f} p95 {pct(r['dec'], 95):6.2f} ms")
     rec = recompute_timings(torch_model, positions[:2], 2 if args.quick else 4)
     for p in positions[:2]:
         cached = np.median(timings["torch"][p]["enc"])
@@ -263,6 +305,18 @@ def run(args: argparse.Namespace) -> int:
     })
     log(f"{args.backend} single stream: RTF {res['rtf']:.4f}; chunk p95 {res['chunk_ms_p95_10s']:.2f} ms at 10 s, "
         f"{res['chunk_ms_p95_600s']:.2f} ms at 600 s; onnxruntime is {res['onnx_over_torch_speedup']:.2f}x torch eager")
+    if not args.no_int8:
+        int8_chunk = np.concatenate([np.array(timings["int8"][p]["enc"]) + np.array(timings["int8"][p]["dec"])
+                                     for p in positions])
+        res.update({
+            "int8_rtf": float(np.mean(int8_chunk) / CHUNK_S),
+            "int8_chunk_ms_p95_10s": pct(np.array(timings["int8"][10.0]["enc"]) + np.array(timings["int8"][10.0]["dec"]), 95),
+            "int8_over_fp32_speedup": float(both["onnx"] / np.median(int8_chunk)),
+            "int8_ms": {f"{k}_{p:.0f}s": [pct(timings["int8"][p][k], 50), pct(timings["int8"][p][k], 95)]
+                        for k in ("enc", "dec") for p in positions},
+        })
+        res.update(int8_quality(args, {"torch": torch_model, "onnx": onnx_model, "int8": int8_model}, log))
+        int8_dir.cleanup()
     res["session_rtf"] = session_rtf(models[args.backend], 5.0 if args.quick else 20.0)
     log(f"{args.backend} Session loop (wait-k, the model's own decoding) RTF {res['session_rtf']:.4f}")
     runner = StepRunner(cfg, onnx_dir=tmp.name, threads=args.threads) if args.backend == "onnx" else \
@@ -270,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     tok = torch_model.tokenizer
     scheduler = BatchScheduler(runner, torch_model.mean, torch_model.std, bos=tok.bos, eos=tok.eos,
                                memory_frames=MEMORY_FRAMES, prefix_tokens=PREFIX_TOKENS, new_tokens=NEW_TOKENS)
-    n, tried = max_realtime_streams(scheduler, ticks=4 if args.quick else 8)
+    n, tried = max_realtime_streams(scheduler, ticks=4 if args.quick else 8, cap=args.max_streams or 1024)
     res["max_realtime_streams"] = n
     res["scheduler_p95_ms"] = {str(k): round(v, 1) for k, v in sorted(tried.items())}
     log(f"{args.backend} batching scheduler: {n} real-time streams with p95 added delay < {BOUND_MS:.0f} ms "
@@ -282,3 +336,62 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res))
     return 0
+
+
+def int8_quality(args: argparse.Namespace, models: dict, log) -> dict:
+    """Committed words and CTC transcripts of torch, fp32 onnx and int8 onnx on real speech, compared."""
+    from streamst.bench_quality import compare_backends, mustc_utterances, sample_utterances
+
+    if args.quality_data:
+        utts = mustc_utterances(args.quality_data, args.quality_pair, args.quality_split, args.quality_limit)
+        where = f"{args.quality_data} {args.quality_pair} {args.quality_split}, {len(utts)} segments"
+    else:
+        utts, where = sample_utterances(), "streamst/assets/sample-en.wav"
+    q = compare_backends(models, utts, args.quality_policy)
+    q["data"] = where
+    metric = "bleu" if q["task"] == "st" else "wer"
+    log(f"int8 vs fp32 on {where} ({args.quality_policy}): committed-word agreement "
+        f"{q['agreement']['int8_vs_onnx']:.3f} (fp32 onnx vs torch {q['agreement']['onnx_vs_torch']:.3f}), "
+        f"CTC agreement {q['ctc_agreement']['int8_vs_onnx']:.3f}; {metric} torch/onnx/int8 "
+        + "/".join(f"{q[n][metric]:.1f}" for n in ("torch", "onnx", "int8"))
+        + "; CTC WER " + "/".join(f"{q[n]['ctc_wer']:.1f}" for n in ("torch", "onnx", "int8")))
+    return {"int8_word_agreement": q["agreement"]["int8_vs_onnx"], "int8_ctc_agreement": q["ctc_agreement"]["int8_vs_onnx"],
+            "onnx_word_agreement": q["agreement"]["onnx_vs_torch"], "int8_quality": q}
+
+
+def run_device(args: argparse.Namespace, torch_model, source: str, log) -> dict:
+    """The device scheduler: single-stream chunk time, step time by batch size, real-time streams."""
+    from streamst.bench_device import DeviceScheduler, simulate, time_batches
+
+    cuda = args.device.startswith("cuda")
+    dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    tok = torch_model.tokenizer
+    sched = DeviceScheduler(torch_model.net, torch_model.mean, torch_model.std, bos=tok.bos, eos=tok.eos,
+                            device=args.device, dtype=dtype, memory_frames=MEMORY_FRAMES, prefix_tokens=PREFIX_TOKENS,
+                            new_tokens=NEW_TOKENS, cuda_graphs=cuda and not args.no_cuda_graphs)
+    res: dict = {"model": source, "device": args.device, "dtype": dtype, "cuda_graphs": sched.cuda_graphs,
+                 "threads": torch.get_num_threads(), "policy": "alignatt:frames=4 (vectorised)"}
+    if cuda:
+        res["gpu"] = torch.cuda.get_device_name(sched.device)
+    reps = 5 if args.quick else 20
+    one = time_batches(sched, [1], reps)[1]
+    res.update({"rtf": float(np.mean(one) / CHUNK_S), "chunk_ms_p50_1stream": pct(one, 50),
+                "chunk_ms_p95_1stream": pct(one, 95)})
+    log(f"{args.device} {dtype} one stream: chunk p50 {res['chunk_ms_p50_1stream']:.2f} p95 "
+        f"{res['chunk_ms_p95_1stream']:.2f} ms, RTF {res['rtf']:.4f} (features, encoder, 4 decoder steps, AlignAtt)")
+    sizes = [1, 64, 1024, 4096, 16384] if cuda else ([1, 8, 32] if args.quick else [1, 8, 32, 128])
+    steps = time_batches(sched, sizes, max(3, reps // 4))
+    res["step_ms_by_batch"] = {str(n): [pct(t, 50), pct(t, 95)] for n, t in steps.items()}
+    res["streams_per_step_capacity"] = {str(n): float(n * CHUNK_S / np.median(t)) for n, t in steps.items()}
+    log("step time by batch (all streams at once): " + ", ".join(
+        f"{n}: {pct(t, 50):.1f} ms ({n * CHUNK_S / np.median(t):.0f} streams/worker)" for n, t in steps.items()))
+    cap = args.max_streams or (65536 if cuda else 1024)
+    n, tried = max_realtime_streams(sched, ticks=4 if args.quick else 8, cap=cap, simulate_fn=simulate)
+    res["max_realtime_streams"] = n
+    res["scheduler_p95_ms"] = {str(k): round(v, 1) for k, v in sorted(tried.items())}
+    log(f"{args.device} {dtype} device scheduler: {n} real-time streams with p95 added delay < {BOUND_MS:.0f} ms "
+        f"(p95 ms by streams: {res['scheduler_p95_ms']})")
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if cuda:
+        res["gpu_peak_mb"] = torch.cuda.max_memory_allocated(sched.device) / 2**20
+    return res
