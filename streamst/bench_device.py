@@ -116,7 +116,6 @@ class DeviceScheduler:
         self.slab = None  # free the previous streams' memory first
         rows = n + 1
         f1 = (c.n_mels - 3) // 2 + 1
-        g = torch.Generator().manual_seed(seed)
         self.slab = Slab(
             tail=torch.zeros(rows, LEAD, device=dev),
             sub1=torch.zeros(rows, 1, 2, c.n_mels, device=dev, dtype=dt),
@@ -129,14 +128,15 @@ class DeviceScheduler:
             prefix=torch.zeros(rows, self.prefix_tokens, dtype=torch.long, device=dev),
             prefix_len=torch.zeros(rows, dtype=torch.long, device=dev),
         )
-        if steady:
+        if steady:  # random values drawn on the device (no host copy of gigabytes at large n)
             s = self.slab
+            g = torch.Generator(device=dev).manual_seed(seed)
             s.frames.fill_(100 * c.chunk_frames)
-            s.memory.copy_(torch.randn(rows, self.memory_frames, c.d_model, generator=g).to(dev, dt))
+            s.memory.normal_(generator=g)
             s.mem_len.fill_(self.memory_frames)
-            s.prefix.copy_(torch.randint(4, c.tgt_vocab, (rows, self.prefix_tokens), generator=g).to(dev))
+            s.prefix.random_(4, c.tgt_vocab, generator=g)
             s.prefix_len.fill_(self.prefix_tokens)
-            s.kv.normal_()
+            s.kv.normal_(generator=g)
 
     @property
     def capacity(self) -> int:
@@ -197,8 +197,8 @@ class DeviceScheduler:
             for _ in range(2):
                 self.encoder_graph(*static_in)
         torch.cuda.current_stream().wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
+        if self._pool is None:  # one pool for every bucket's graph: replays never overlap, and each replay's
+            self._pool = torch.cuda.graph_pool_handle()  # outputs are cloned before the next one runs
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             static_out = self.encoder_graph(*static_in)

@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         for p in positions:
             r = timings["int8"][p]
             log(f"int8  at {p:5.0f} s: encoder p50 {pct(r['enc'], 50):6.2f} p95 {pct(r['enc'], 95):6.2f} ms | "
-                f"decoder p50 {pct(r['dec'], 50):6.2f} p95 {pct(r['dec'], 95):6.2f} ms")
+                f"decoder ({np.mean(r['tokens']):.1f} tokens) p50 {pct(r['dec'], 50):6.2f} p95 {pct(r['dec'], 95):6.2f} ms")
     rec = recompute_timings(torch_model, positions[:2], 2 if args.quick else 4)
     for p in positions[:2]:
         cached = np.median(timings["torch"][p]["enc"])
@@ -312,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
             "int8_rtf": float(np.mean(int8_chunk) / CHUNK_S),
             "int8_chunk_ms_p95_10s": pct(np.array(timings["int8"][10.0]["enc"]) + np.array(timings["int8"][10.0]["dec"]), 95),
             "int8_over_fp32_speedup": float(both["onnx"] / np.median(int8_chunk)),
+            "int8_tokens_per_chunk": float(np.mean([np.mean(timings["int8"][p]["tokens"]) for p in positions])),
             "int8_ms": {f"{k}_{p:.0f}s": [pct(timings["int8"][p][k], 50), pct(timings["int8"][p][k], 95)]
                         for k in ("enc", "dec") for p in positions},
         })
