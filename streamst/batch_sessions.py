@@ -72,7 +72,7 @@ def _by_model(work: list[_Work]) -> list[list[_Work]]:
 
 def _encode(group: list[_Work], clock) -> None:
     model = group[0].session.model
-    audios = [torch.from_numpy(np.ascontiguousarray(w.audio)) for w in group]
+    audios = [torch.from_numpy(np.require(w.audio, np.float32, ['C', 'W'])) for w in group]
     if len(group) > 1 and can_batch(model):
         t0 = clock()
         try:

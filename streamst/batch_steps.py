@@ -147,20 +147,28 @@ def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[in
     tokens = torch.full((b, t_max), bos, dtype=torch.long)
     for i, s in enumerate(starts):
         tokens[i, : len(s)] = torch.tensor(s)
-    logits, caches, attn = decoder(tokens, mem_kv, mem_mask)  # right padding: causal queries never see it
     last = torch.tensor([len(s) - 1 for s in starts])
-    logp = logits[torch.arange(b), last].log_softmax(-1)
-    hyps: list[Hypothesis | None] = [None] * b
+    logits, caches, attn = _prefix_pass(decoder, tokens, last, mem_kv, mem_mask)
+    logp = logits.log_softmax(-1)
     prefix_attn = [attn[:, i, :, : len(p), : lengths[i]] if p else None for i, p in enumerate(prefixes)]
     state = [_Row(lengths[i], max_tokens[i], [], [], attn[:, i, :, int(last[i]):int(last[i]) + 1, : lengths[i]])
              for i in range(b)]
-    pad_mask = torch.arange(t_max)[None, :] <= last[:, None]  # [B, keys]: real keys of each row's cache
-    pos = last + 1  # position of each row's next token
-    active = list(range(b))  # original row of each batch row
+    # self-attention keys/values in fixed buffers: row i's next token writes slot lens[i] (no copy per token)
+    room = t_max + max(max_tokens)
+    buffers = []
+    for k, v in caches:
+        kb, vb = k.new_zeros(b, k.shape[1], room, k.shape[3]), v.new_zeros(b, v.shape[1], room, v.shape[3])
+        kb[:, :, :t_max], vb[:, :, :t_max] = k, v
+        buffers.append((kb, vb))
+    mem_kv = [(k.contiguous(), v.contiguous()) for k, v in mem_kv]  # k.T @ q without a copy per token
+    lens = last + 1  # per batch row: real keys so far == position of its next token
+    slot = list(range(b))  # per batch row: its request, or -1 once finished (it rides along until compaction)
     step = 0
-    while active:
-        keep, next_tokens = [], []
-        for j, i in enumerate(active):
+    while True:
+        alive, next_tokens = [], []
+        for j, i in enumerate(slot):
+            if i < 0:
+                continue
             row = state[i]
             if step >= row.budget:
                 continue
@@ -173,39 +181,71 @@ def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[in
             row.rows.append(row.last_attn)
             if repeats_at_end(row.tokens) or len(row.tokens) >= row.budget:
                 continue
-            keep.append(j)
+            alive.append(j)
             next_tokens.append(tok)
-        if not keep:
+        if not alive:
             break
-        if len(keep) < len(active):
-            idx = torch.tensor(keep)
-            caches = [(k[idx], v[idx]) for k, v in caches]
+        if 4 * len(alive) <= 3 * len(slot):  # a quarter of the rows are done: stop computing them
+            idx = torch.tensor(alive)
+            buffers = [(k[idx], v[idx]) for k, v in buffers]
             mem_kv = [(k[idx], v[idx]) for k, v in mem_kv]
             mem_mask = None if mem_mask is None else mem_mask[idx]
-            pad_mask, pos = pad_mask[idx], pos[idx]
-            active = [active[j] for j in keep]
-        pad_mask = torch.cat([pad_mask, torch.ones(len(active), 1, dtype=torch.bool)], dim=1)
-        logits, caches, w = _decoder_step(decoder, torch.tensor(next_tokens)[:, None], pos, mem_kv, mem_mask, caches,
-                                          pad_mask)
+            lens = lens[idx]
+            slot, alive = [slot[j] for j in alive], list(range(len(alive)))
+        toks = torch.full((len(slot), 1), bos, dtype=torch.long)
+        toks[alive, 0] = torch.tensor(next_tokens)
+        logits, w = _decoder_step(decoder, toks, lens, mem_kv, mem_mask, buffers)
         logp = logits[:, -1].log_softmax(-1)
-        for j, i in enumerate(active):
-            state[i].last_attn = w[:, j, :, :, : state[i].frames]
-        pos = pos + 1
+        moved = torch.zeros(len(slot), dtype=torch.long)
+        moved[alive] = 1
+        lens = lens + moved
+        still = set(alive)
+        for j, i in enumerate(slot):
+            if j in still:
+                state[i].last_attn = w[:, j, :, :, : state[i].frames]
+            else:
+                slot[j] = -1
         step += 1
+    hyps = []
     for i, row in enumerate(state):
         attention = torch.cat(row.rows, dim=2) if row.rows else row.last_attn[:, :, :0]
-        hyps[i] = Hypothesis(tokens=row.tokens, attention=attention, ended=row.ended, score=row.score,
-                             prefix_attention=prefix_attn[i])
-    return hyps  # type: ignore[return-value]
+        hyps.append(Hypothesis(tokens=row.tokens, attention=attention, ended=row.ended, score=row.score,
+                               prefix_attention=prefix_attn[i]))
+    return hyps
 
 
-def _decoder_step(decoder: Decoder, tokens: Tensor, pos: Tensor, mem_kv, mem_mask, caches, pad_mask):
-    """`Decoder.forward` for one new token per row, each at its own position ([B] `pos`)."""
-    x = decoder.embed(tokens) * math.sqrt(decoder.cfg.d_model) + decoder.pos(
-        pos.clamp(max=decoder.cfg.max_target_len - 1))[:, None]
-    new_caches, attn = [], []
-    for i, layer in enumerate(decoder.layers):
-        x, c, w = layer(x, mem_kv[i], mem_mask, caches[i], pad_mask)
-        new_caches.append(c)
+def _prefix_pass(decoder: Decoder, tokens: Tensor, last: Tensor, mem_kv, mem_mask):
+    """`Decoder.forward` over right-padded [B, T] tokens (causal queries never see the padding after them), with
+    the logits [B, V] of each row's last real position only."""
+    pos = torch.arange(tokens.shape[1]).clamp(max=decoder.cfg.max_target_len - 1)
+    x = decoder.embed(tokens) * math.sqrt(decoder.cfg.d_model) + decoder.pos(pos)
+    caches, attn = [], []
+    for layer, layer_mem in zip(decoder.layers, mem_kv):
+        x, cache, w = layer(x, layer_mem, mem_mask)
+        caches.append(cache)
         attn.append(w)
-    return decoder.norm(x) @ decoder.embed.weight.T, new_caches, torch.stack(attn)
+    return decoder.norm(x[torch.arange(tokens.shape[0]), last]) @ decoder.embed.weight.T, caches, torch.stack(attn)
+
+
+def _decoder_step(decoder: Decoder, tokens: Tensor, lens: Tensor, mem_kv, mem_mask, buffers):
+    """`Decoder.forward` for one new token per row at position `lens[i]`; its key/value go into slot `lens[i]` of
+    the row's buffers, and it attends to slots 0..lens[i]. Returns logits [B, 1, V] and cross-attention."""
+    b = tokens.shape[0]
+    rows = torch.arange(b)
+    x = decoder.embed(tokens) * math.sqrt(decoder.cfg.d_model) + decoder.pos(
+        lens.clamp(max=decoder.cfg.max_target_len - 1))[:, None]
+    keys = int(lens.max()) + 1
+    mask = (torch.arange(keys)[None, :] <= lens[:, None])[:, None, None, :]  # [B, 1, 1, keys]
+    attn = []
+    for layer, (kb, vb), layer_mem in zip(decoder.layers, buffers, mem_kv):
+        sa = layer.self_attn
+        q, k, v = (z.view(b, 1, sa.h, sa.dk).transpose(1, 2) for z in sa.qkv(layer.self_norm(x)).chunk(3, dim=-1))
+        kb[rows, :, lens] = k[:, :, 0]
+        vb[rows, :, lens] = v[:, :, 0]
+        y = F.scaled_dot_product_attention(q, kb[:, :, :keys], vb[:, :, :keys], attn_mask=mask)
+        x = x + sa.out(y.transpose(1, 2).reshape(b, 1, -1))
+        c, w = layer.cross_attn(layer.cross_norm(x), layer_mem, mem_mask)
+        x = x + c
+        x = x + layer.ff(x)
+        attn.append(w)
+    return decoder.norm(x) @ decoder.embed.weight.T, torch.stack(attn)

@@ -183,7 +183,7 @@ class Session:
 
     def _step(self, audio: np.ndarray, final: bool) -> list[Event]:
         t0 = self.clock()
-        frames, enc_state = self.model.encode(torch.from_numpy(np.ascontiguousarray(audio)), self.enc_state, final)
+        frames, enc_state = self.model.encode(torch.from_numpy(np.require(audio, np.float32, ['C', 'W'])), self.enc_state, final)
         self.absorb(audio, frames, enc_state)
         events: list[Event] = []
         request = self.decode_request(final)
