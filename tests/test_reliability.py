@@ -203,6 +203,35 @@ def test_an_exception_in_one_streams_step_is_reported_to_it_alone(tiny_model, wa
     assert [w["text"] for w in again.words] == expected[0]
 
 
+def test_a_message_that_cannot_be_encoded_ends_that_stream_with_internal(tiny_model, wavs, expected):
+    """A session whose clock gives NaN: its word timings are not JSON; the client gets `internal`, not silence."""
+    from streamst.audio import AudioFormat
+    from streamst.policies import parse_policy
+    from streamst.session import Session
+
+    def make_session(model, config):
+        fmt = AudioFormat(sample_rate=config.sample_rate, channels=config.channels, encoding=config.encoding)
+        clock = (lambda: float("nan")) if config.beam == 2 else time.perf_counter
+        return Session(model, parse_policy(config.policy), fmt, chunk_ms=config.chunk_ms, clock=clock)
+
+    async def broken(url: str):
+        audio, rate = read_audio(wavs[0])
+        ws, ready = await open_stream(url, {"sample_rate": rate, "encoding": "f32le", "beam": 2}, token=None)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(audio.astype("<f4").tobytes())
+            await ws.send(json.dumps({"type": "eos"}))
+        return await messages_until_close(ws), ws.close_code
+
+    async def main():
+        async with LocalServer(tiny_model, Limits(), make_session=make_session) as srv:
+            return await asyncio.gather(broken(srv.url), good_stream(srv.url, wavs[0], realtime=False))
+
+    (msgs, code), (good, _) = run(main())
+    assert msgs[-1]["error"] == "internal" and "could not be encoded" in msgs[-1]["message"]
+    assert code == Close.INTERNAL
+    assert [w["text"] for w in good.words] == expected[0]
+
+
 def test_a_client_that_vanishes_mid_stream_frees_its_slot_and_can_reconnect(tiny_model, wavs, expected):
     async def main():
         async with LocalServer(tiny_model, Limits(max_streams_per_client=1)) as srv:

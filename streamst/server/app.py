@@ -8,6 +8,7 @@ does not read is dropped), and the model is shared through one `Scheduler`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import json
 import logging
@@ -26,7 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from streamst.server.protocol import (
-    Audio, CloseConnection, Finish, Limits, Marker, ModelInfo, Open, Reconfigure, Send, ServerProtocol, State,
+    Audio, Close, CloseConnection, Finish, Limits, Marker, ModelInfo, Open, Reconfigure, Send, ServerProtocol, State,
+    error_message,
 )
 from streamst.server.scheduler import Scheduler
 
@@ -172,6 +174,9 @@ class Connection:
                 await asyncio.wait_for(sender, self.limits.send_timeout_s + 5)
         except (asyncio.TimeoutError, ConnectionClosed):
             pass
+        except Exception as e:  # noqa: BLE001 - a bug on this connection's path ends this connection only
+            log.exception("connection %s failed", self.client)
+            await self._fail(f"server error: {type(e).__name__}")
         finally:  # the client is gone or was closed: stop this stream's work at once
             for task in (sender, worker):
                 task.cancel()
@@ -229,6 +234,15 @@ class Connection:
         except asyncio.QueueFull:
             log.warning("dropping %s: %d messages unread", self.client, self.outgoing.qsize())
             self._abort()
+
+    async def _fail(self, message: str) -> None:
+        """An unexpected server-side failure on this connection: `internal` error and close 4011, at once."""
+        self.closing = True
+        self.protocol.on_work_error("internal", message)  # the protocol is closed from here on
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.send(json.dumps(error_message("internal", message, fatal=True))),
+                                   self.limits.send_timeout_s)
+            await self.ws.close(int(Close.INTERNAL), "internal")
 
     def _abort(self) -> None:
         """Drop a client that does not read: close the TCP connection without waiting for it."""
@@ -290,7 +304,13 @@ class Connection:
                 if isinstance(item, CloseConnection):
                     await self.ws.close(item.code, item.reason)
                     return
-                await asyncio.wait_for(self.ws.send(json.dumps(item, allow_nan=False)), self.limits.send_timeout_s)
+                try:
+                    text = json.dumps(item, allow_nan=False)
+                except (TypeError, ValueError) as e:  # e.g. a NaN timing: never hang the client, end its stream
+                    log.error("cannot encode a %s message for %s: %s", item.get("type"), self.client, e)
+                    await self._fail(f"a {item.get('type')} message could not be encoded")
+                    return
+                await asyncio.wait_for(self.ws.send(text), self.limits.send_timeout_s)
             except asyncio.TimeoutError:
                 log.warning("dropping %s: a send blocked for %.0f s", self.client, self.limits.send_timeout_s)
                 self._abort()
