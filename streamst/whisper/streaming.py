@@ -5,11 +5,19 @@ last trim, zero-padded to 30 s as Whisper expects); `encode` returns the frames 
 `appends_memory` is False. The decoder cross-attends over the whole padded window, as in training; the
 attention handed to policies is that of the alignment heads, with the mass on padding folded into the last
 real frame when it is most of a token's weight ("attends past the end" reads as "attends to the newest audio").
+
+Long streams: once the window holds more than `trim_after_s` of audio, `encode` cuts it at the end of a
+committed word (the quietest frame between that word and the next, as the decoder's alignment places them),
+keeping at least `keep_s`; the committed words whose audio is gone stop being forced and become Whisper's
+prompt (<|startofprev|> text). So the window stays under 30 s and the decoder input bounded however long the
+stream. The session hands `decode` the whole committed prefix and no stream state, so the per-stream
+`WindowInfo` (how many prefix tokens are prompt, where the committed words lie, the detected language) rides
+on the encoder output tensor that `encode` returns a view of.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -24,6 +32,17 @@ from streamst.whisper.tokenizer import WhisperTokenizer
 from streamst.whisper.vad import SileroVAD, VadState
 
 
+@dataclass
+class WindowInfo:
+    """What `decode` learns about a stream's window and `encode` uses to trim it (one per stream, mutable)."""
+
+    prompt_tokens: int = 0  # leading tokens of the committed prefix whose audio was cut: they are the prompt now
+    # for each committed word in the window: (forced-prefix tokens through it, its last frame, next word's first)
+    boundaries: list[tuple[int, int, int]] = field(default_factory=list)
+    language: str | None = None  # detected once per stream (multilingual models without a fixed language)
+    session_drops: bool = False  # the session trims the window itself (StreamAtt): no trimming here
+
+
 @dataclass(frozen=True)
 class WhisperStreamState:
     """One stream's window: its audio, the encoder output of that audio (None until encoded) and counters."""
@@ -33,6 +52,7 @@ class WhisperStreamState:
     trimmed_samples: int = 0  # samples the model itself cut from the front (window overflow, leading silence)
     vad: VadState | None = None
     speech_seen: bool = True  # False while the VAD has heard no speech in the window
+    info: WindowInfo = field(default_factory=WindowInfo)
 
 
 class WhisperStreamingModel:
@@ -52,9 +72,13 @@ class WhisperStreamingModel:
         no_speech_threshold: float = 0.6,
         vad: SileroVAD | None = None,
         threads: int | None = None,
+        trim_after_s: float = 20.0,
+        keep_s: float = 10.0,
     ):
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
+        if not 0 < keep_s < trim_after_s <= N_SAMPLES / 16000:
+            raise ValueError(f"need 0 < keep_s < trim_after_s <= 30, got keep_s={keep_s}, trim_after_s={trim_after_s}")
         self.config: WhisperConfig = loaded.config
         self.net = Whisper(loaded.config)
         missing, unexpected = self.net.load_state_dict(loaded.state_dict, strict=False)
@@ -66,11 +90,13 @@ class WhisperStreamingModel:
         self.alignment_heads = [tuple(h) for h in loaded.alignment_heads]
         self.language, self.whisper_task = language, task
         self.task = "st" if task == "translate" else "asr"
-        self.sot_sequence = self.tokenizer.sot_sequence(language, task)
+        self.multilingual = bool(self.tokenizer.language_ids) and len(self.tokenizer) >= 51865
+        self.sot_sequence = self.tokenizer.sot_sequence(language, task)  # English for a multilingual model until detected
         self.attention_mode = attention
         self.no_speech_threshold = no_speech_threshold
         self.vad = vad
         self.threads = threads
+        self.trim_after_samples, self.keep_samples = int(trim_after_s * 16000), int(keep_s * 16000)
         vocab = len(self.tokenizer)
         self.suppress = torch.zeros(max(vocab, self.config.n_vocab), dtype=torch.bool)
         self.suppress[self.tokenizer.eot + 1:] = True  # every special and timestamp token
@@ -87,10 +113,10 @@ class WhisperStreamingModel:
 
     @torch.no_grad()
     def encode(self, audio: Tensor, state: WhisperStreamState, final: bool = False) -> tuple[Tensor, WhisperStreamState]:
-        """Append audio to the window and re-encode it; returns the frames covering real audio [T, D]."""
+        """Append audio to the window (trimming it when long) and re-encode it; returns the real frames [T, D]."""
         audio = audio.float().reshape(-1)
         window = torch.cat([state.audio, audio]) if audio.numel() else state.audio
-        trimmed = state.trimmed_samples
+        trimmed, info = state.trimmed_samples, state.info
         speech_seen, vad_state = state.speech_seen, state.vad
         if self.vad is not None and audio.numel():
             heard, vad_state = self.vad.detect(audio, vad_state)
@@ -102,16 +128,45 @@ class WhisperStreamingModel:
             state = replace(state, audio=window[cut:], encoded=None, trimmed_samples=trimmed + cut,
                             vad=vad_state, speech_seen=False)
             return torch.zeros(0, self.config.n_audio_state), state
-        if window.numel() > N_SAMPLES:  # the session did not trim: keep the newest 30 s
-            cut = window.numel() - N_SAMPLES
-            cut += (-cut) % SAMPLES_PER_ENCODER_FRAME
+        cut, info = self.trim_point(window, info)
+        if window.numel() - cut > N_SAMPLES:  # no committed word to cut at: keep the newest 30 s
+            hard = window.numel() - N_SAMPLES
+            hard += (-hard) % SAMPLES_PER_ENCODER_FRAME
+            cut, info = hard, self._cut_info(info, hard // SAMPLES_PER_ENCODER_FRAME)
+        if cut:
             window, trimmed = window[cut:], trimmed + cut
         encoded = state.encoded
-        if encoded is None or audio.numel():
+        if encoded is None or audio.numel() or cut:
             encoded = self.encode_window(window)
+        encoded._streamst_window = info  # what decode needs and the session does not pass (see the module doc)
         state = replace(state, audio=window, encoded=encoded, trimmed_samples=trimmed, vad=vad_state,
-                        speech_seen=speech_seen)
+                        speech_seen=speech_seen, info=info)
         return encoded[: self.real_frames(window.numel())], state
+
+    def trim_point(self, window: Tensor, info: WindowInfo) -> tuple[int, WindowInfo]:
+        """Samples to cut from the front of a window longer than `trim_after_s` (0: none), and the info after it.
+
+        The cut goes after the latest committed word that leaves at least `keep_s` of audio, at the quietest
+        20 ms frame between that word's last aligned frame and the next word's first one.
+        """
+        if info.session_drops or window.numel() <= self.trim_after_samples or not info.boundaries:
+            return 0, info
+        latest_end = (window.numel() - self.keep_samples) // SAMPLES_PER_ENCODER_FRAME
+        usable = [b for b in info.boundaries if b[2] <= latest_end]
+        if not usable:
+            return 0, info
+        tokens, lo, hi = usable[-1]
+        frames = window[: (hi + 1) * SAMPLES_PER_ENCODER_FRAME].reshape(-1, SAMPLES_PER_ENCODER_FRAME)
+        energy = frames[lo: hi + 1].pow(2).mean(-1)
+        frame = lo + int(energy.argmin())
+        return frame * SAMPLES_PER_ENCODER_FRAME, replace(info, prompt_tokens=info.prompt_tokens + tokens, boundaries=[])
+
+    @staticmethod
+    def _cut_info(info: WindowInfo, frame: int) -> WindowInfo:
+        """The info after a hard cut of `frame` frames: committed words that ended before it become prompt."""
+        gone = [b for b in info.boundaries if b[2] <= frame]  # gaps never go backwards
+        tokens = gone[-1][0] if gone else 0
+        return replace(info, prompt_tokens=info.prompt_tokens + tokens, boundaries=[])
 
     def encode_window(self, window: Tensor) -> Tensor:
         """Encoder output [1500, D] of one window of audio padded to 30 s."""
@@ -124,10 +179,15 @@ class WhisperStreamingModel:
         return min(1500, math.ceil(n_samples / SAMPLES_PER_ENCODER_FRAME))
 
     def drop_frames(self, state: WhisperStreamState, n: int) -> WhisperStreamState:
-        """Cut n frames (20 ms each) of audio from the front of the window; the next encode re-encodes it."""
+        """Cut n frames (20 ms each) of audio from the front of the window; the next encode re-encodes it.
+
+        The session does this for a policy that manages the window itself (StreamAtt, which also shortens the
+        forced prefix): from then on the model neither trims nor moves words to the prompt.
+        """
         if n <= 0:
             return state
-        return replace(state, audio=state.audio[n * SAMPLES_PER_ENCODER_FRAME:], encoded=None)
+        info = replace(state.info, prompt_tokens=0, boundaries=[], session_drops=True)
+        return replace(state, audio=state.audio[n * SAMPLES_PER_ENCODER_FRAME:], encoded=None, info=info)
 
     def ctc_words(self, memory: Tensor) -> int | None:
         return None
@@ -155,33 +215,83 @@ class WhisperStreamingModel:
             return Hypothesis([], empty_att, False, 0.0, torch.zeros(*self._att_shape(), len(prefix), 0))
         self._set_threads()
         features = self._window_of(memory)
+        info = getattr(features, "_streamst_window", None)
+        n_prompt = min(info.prompt_tokens, len(prefix)) if info is not None else 0
+        history, forced = list(prefix[:n_prompt]), list(prefix[n_prompt:])
+        context = list(prompt or []) + history
         initial: list[int] = []
-        if prompt:
-            initial = [self.tokenizer.sot_prev] + list(prompt)[-(self.config.n_text_ctx // 2 - 1):]
+        if context:
+            initial = [self.tokenizer.sot_prev] + context[-(self.config.n_text_ctx // 2 - 1):]
+        cache = self.net.decoder.start(features[None])
+        sot_sequence = self._sot_sequence(initial, bool(prefix), info, cache)
         sot_index = len(initial)
-        initial += self.sot_sequence
+        initial += sot_sequence
         n_forced_before_prefix = len(initial)
-        initial += list(prefix)
+        initial += forced
         room = self.config.n_text_ctx - len(initial)
         max_tokens = max(0, min(max_tokens, room))
-        cache = self.net.decoder.start(features[None])
         logits, cross, cache = self.net.decoder(torch.tensor([initial]), cache)
         prefix_att = self._select(cross)[:, :, n_forced_before_prefix:, :]
-        if not prefix:
+        # the session's prefix pieces cover the whole history: rows for the forced part only would not line up
+        prefix_out = self._fold(prefix_att, n_real) if not history else None
+        if not forced:
             no_speech = self.tokenizer.no_speech
             if no_speech is not None and self.no_speech_threshold < 1.0:
                 p = logits[0, sot_index].softmax(-1)[no_speech].item()
                 if p > self.no_speech_threshold:
-                    return Hypothesis([], empty_att, True, 0.0, self._fold(prefix_att, n_real))
+                    return Hypothesis([], empty_att, True, 0.0, prefix_out)
         if beam > 1:
             tokens, rows, ended, score = self._beam_search(logits[0, -1], cache, beam, max_tokens)
         else:
             tokens, rows, ended, score = self._greedy(logits[0, -1], cross, cache, max_tokens)
         tokens, rows, looped = cut_repetition(tokens, rows)
         attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, features.shape[0])
-        return Hypothesis(
-            tokens, self._fold(attention, n_real), ended or looped, score, self._fold(prefix_att, n_real)
-        )
+        attention = self._fold(attention, n_real)
+        if info is not None and not info.session_drops:
+            info.boundaries = self._word_boundaries(forced, self._fold(prefix_att, n_real), attention)
+        return Hypothesis(tokens, attention, ended or looped, score, prefix_out)
+
+    def _sot_sequence(self, initial: list[int], committed: bool, info: WindowInfo | None, cache) -> list[int]:
+        """The SOT sequence; a multilingual model without a fixed language detects it once per stream: on each
+        decode until the first word is committed, then it keeps the language that word was decoded in."""
+        if not self.multilingual or self.language is not None:
+            return self.sot_sequence
+        language = info.language if info is not None else None
+        if language is None or not committed:
+            language = self.detect_language(initial, cache)
+            if info is not None:
+                info.language = language
+        return self.tokenizer.sot_sequence(language, self.whisper_task)
+
+    def detect_language(self, initial: list[int], cache) -> str:
+        """The language whose token the decoder likes best right after <|startoftranscript|> (as Whisper does)."""
+        logits, _, _ = self.net.decoder(torch.tensor([initial + [self.tokenizer.sot]]), cache)
+        return language_from_logits(logits[0, -1], self.tokenizer.language_ids)
+
+    def _word_boundaries(self, forced: list[int], prefix_att: Tensor, cand_att: Tensor) -> list[tuple[int, int, int]]:
+        """For each committed word k: (forced tokens through it, first and last frame where a cut after it may go).
+
+        The gap after word k ends where the next word starts: the earliest first-aligned frame of any later word
+        (a late outlier cannot push it back), and begins after word k's last aligned frame, capped there. Only
+        tokens with a letter or digit count (a sentence's final "." tends to attend past the audio).
+        """
+        if not forced:
+            return []
+        aligned = prefix_att.mean(dim=(0, 1)).argmax(-1).tolist()
+        pieces = self.tokenizer.pieces(forced)
+        spoken = [any(c.isalnum() for c in piece) for piece in pieces]
+        starts = [i for i, piece in enumerate(pieces) if i == 0 or piece.startswith("\u2581")] + [len(forced)]
+        words = list(zip(starts, starts[1:]))
+        n_frames = prefix_att.shape[-1]
+        firsts = [min((aligned[i] for i in range(a, b) if spoken[i]), default=n_frames) for a, b in words]
+        firsts.append(int(cand_att.mean(dim=(0, 1))[0].argmax()) if cand_att.shape[2] else n_frames)
+        out, following = [], n_frames
+        for k in range(len(words) - 1, -1, -1):
+            a, b = words[k]
+            following = min(following, firsts[k + 1])
+            last = max((aligned[i] for i in range(a, b) if spoken[i]), default=0)
+            out.append((b, min(last + 1, following), following))
+        return out[::-1]
 
     def _greedy(self, last_logits: Tensor, cross: list[Tensor], cache, max_tokens: int):
         tokens: list[int] = []
@@ -205,7 +315,9 @@ class WhisperStreamingModel:
         return tokens, rows, False, score
 
     def _beam_search(self, last_logits: Tensor, cache, beam: int, max_tokens: int):
-        """Plain beam search (no length penalty beyond the mean log-probability); hypotheses carry their caches."""
+        """Beam search as OpenAI's decoder does it: of the expansions ranked by summed log-probability, an EOT
+        counts as a finished hypothesis only when it ranks before the `beam` live ones are filled; the search
+        stops once `beam` hypotheses have finished; the best finished one by mean log-probability wins."""
         beams = [(0.0, [], [], last_logits, cache)]
         finished: list[tuple[float, list[int], list[Tensor]]] = []
         for step in range(max_tokens + 1):
@@ -219,11 +331,13 @@ class WhisperStreamingModel:
             beams = []
             for score, toks, rows, c, tok in expanded:
                 if tok == self.tokenizer.eot:
-                    finished.append((score, toks, rows))
-                elif step < max_tokens and len(beams) < beam:
+                    if len(finished) < beam:
+                        finished.append((score, toks, rows))
+                    continue
+                if step < max_tokens:
                     out, cross, nc = self.net.decoder(torch.tensor([[tok]]), c)
                     beams.append((score, toks + [tok], rows + [self._select(cross)], out[0, -1], nc))
-                if len(beams) >= beam and len(finished) >= beam:
+                if len(beams) >= beam:
                     break
             if not beams or len(finished) >= beam:
                 break
@@ -288,6 +402,15 @@ class WhisperStreamingModel:
             raise ValueError("transcribe() takes at most 30 s; stream longer audio through a Session")
         memory, _ = self.encode(audio, self.init_state(), final=True)
         return self.tokenizer.decode(self.decode(memory, [], beam=beam, max_tokens=max_tokens).tokens).strip()
+
+
+def language_from_logits(logits: Tensor, language_ids: dict[str, int]) -> str:
+    """The language code whose token has the highest logit among the language tokens."""
+    if not language_ids:
+        raise ValueError("this Whisper vocabulary has no language tokens")
+    codes = list(language_ids)
+    scores = logits[[language_ids[c] for c in codes]]
+    return codes[int(scores.argmax())]
 
 
 def cut_repetition(tokens: list[int], rows: list[Tensor], min_repeats: int = 3, max_unit: int = 16):
