@@ -39,11 +39,17 @@ def run(coro, timeout: float = 180):
 class LocalServer:
     """A `StreamServer` on a free loopback port inside the test's event loop (custom limits and sessions)."""
 
-    def __init__(self, model, limits: Limits, make_session=None):
+    def __init__(self, model, limits: Limits, make_session=None, scheduler: str = "threads"):
         from streamst.server.app import ServerConfig, StreamServer
-        from streamst.server.scheduler import Scheduler
 
-        self.scheduler = Scheduler(workers=1, torch_threads=1)
+        if scheduler == "batch":
+            from streamst.server.batching import BatchingScheduler
+
+            self.scheduler = BatchingScheduler(torch_threads=1)
+        else:
+            from streamst.server.scheduler import Scheduler
+
+            self.scheduler = Scheduler(workers=1, torch_threads=1)
         self.server = StreamServer(model, ServerConfig(model_name="tiny", default_policy=POLICY, limits=limits),
                                    self.scheduler, make_session=make_session)
         self.url = ""
@@ -80,6 +86,12 @@ async def freed(server, timeout: float = 10.0) -> int:
     return server.open_streams
 
 
+@pytest.fixture(params=["threads", "batch"])
+def scheduler(request) -> str:
+    """Both schedulers behind `push` / `finish`: one thread per step, and cross-stream batches."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def wavs(tiny_corpus) -> list[Path]:
     return [Path(w) for w, _ in tiny_corpus[:3]]
@@ -110,7 +122,7 @@ def test_short_soak_loses_no_words_and_keeps_rss_flat(tiny_model_path, wavs):
 # ------------------------------------------------------------------------------------------- 2. faults
 
 
-def test_a_client_that_stops_reading_is_dropped_and_others_keep_their_words(tiny_model, wavs, expected):
+def test_a_client_that_stops_reading_is_dropped_and_others_keep_their_words(tiny_model, wavs, expected, scheduler):
     limits = Limits(send_queue=8, send_timeout_s=1.0)
     big_id = "".join(random.Random(0).choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8000))
 
@@ -134,7 +146,7 @@ def test_a_client_that_stops_reading_is_dropped_and_others_keep_their_words(tiny
         raise AssertionError(f"a client that never reads was not dropped after {sent} pings")
 
     async def main():
-        async with LocalServer(tiny_model, limits) as srv:
+        async with LocalServer(tiny_model, limits, scheduler=scheduler) as srv:
             good = asyncio.create_task(good_stream(srv.url, wavs[0]))
             drop_s, pings = await stalled(srv.url)
             result, delays = await good
@@ -166,7 +178,7 @@ class FailingPolicy:
         return self.inner.decide(view, state)
 
 
-def test_an_exception_in_one_streams_step_is_reported_to_it_alone(tiny_model, wavs, expected):
+def test_an_exception_in_one_streams_step_is_reported_to_it_alone(tiny_model, wavs, expected, scheduler):
     from streamst.server.app import _make_session
 
     poison = "waitk:k=3"
@@ -188,7 +200,7 @@ def test_an_exception_in_one_streams_step_is_reported_to_it_alone(tiny_model, wa
         return await messages_until_close(ws), ws.close_code
 
     async def main():
-        async with LocalServer(tiny_model, Limits(), make_session=make_session) as srv:
+        async with LocalServer(tiny_model, Limits(), make_session=make_session, scheduler=scheduler) as srv:
             goods = [good_stream(srv.url, w, realtime=False) for w in wavs[:2]]
             *good, bad = await asyncio.gather(*goods, poisoned(srv.url))
             again, _ = await good_stream(srv.url, wavs[0], realtime=False)  # the server still serves
@@ -202,7 +214,7 @@ def test_an_exception_in_one_streams_step_is_reported_to_it_alone(tiny_model, wa
     assert [w["text"] for w in again.words] == expected[0]
 
 
-def test_a_message_that_cannot_be_encoded_ends_that_stream_with_internal(tiny_model, wavs, expected):
+def test_a_message_that_cannot_be_encoded_ends_that_stream_with_internal(tiny_model, wavs, expected, scheduler):
     """A session whose clock gives NaN: its word timings are not JSON; the client gets `internal`, not silence."""
     from streamst.audio import AudioFormat
     from streamst.policies import parse_policy
@@ -222,7 +234,7 @@ def test_a_message_that_cannot_be_encoded_ends_that_stream_with_internal(tiny_mo
         return await messages_until_close(ws), ws.close_code
 
     async def main():
-        async with LocalServer(tiny_model, Limits(), make_session=make_session) as srv:
+        async with LocalServer(tiny_model, Limits(), make_session=make_session, scheduler=scheduler) as srv:
             return await asyncio.gather(broken(srv.url), good_stream(srv.url, wavs[0], realtime=False))
 
     (msgs, code), (good, _) = run(main())
@@ -231,9 +243,9 @@ def test_a_message_that_cannot_be_encoded_ends_that_stream_with_internal(tiny_mo
     assert [w["text"] for w in good.words] == expected[0]
 
 
-def test_a_client_that_vanishes_mid_stream_frees_its_slot_and_can_reconnect(tiny_model, wavs, expected):
+def test_a_client_that_vanishes_mid_stream_frees_its_slot_and_can_reconnect(tiny_model, wavs, expected, scheduler):
     async def main():
-        async with LocalServer(tiny_model, Limits(max_streams_per_client=1)) as srv:
+        async with LocalServer(tiny_model, Limits(max_streams_per_client=1), scheduler=scheduler) as srv:
             audio, rate = read_audio(wavs[0])
             ws, ready = await open_stream(srv.url, {"sample_rate": rate, "encoding": "f32le"}, token=None)
             assert ready["type"] == "ready"
