@@ -211,3 +211,107 @@ def test_states_are_freed_at_finish_and_at_disconnect(tiny_model, clips):
     assert read < total  # the disconnected stream's remaining chunks were never run
     assert other_words == alone(tiny_model, "waitk:k=2", clips[2], 5120)
     assert pending == 0
+
+
+# ------------------------------------------------------------------------------------------ through the server
+
+
+async def _serve(model: Any, scheduler: Any, policy: str, made: list):
+    from streamst.server.app import ServerConfig, StreamServer, _make_session
+
+    def make_session(m, config):
+        session = _make_session(m, config)
+        made.append(weakref.ref(session))
+        return session
+
+    server = StreamServer(model, ServerConfig(model_name="tiny", default_policy=policy), scheduler, make_session)
+    ws_server = await server.start("127.0.0.1", 0)
+    return server, f"ws://127.0.0.1:{next(iter(ws_server.sockets)).getsockname()[1]}/"
+
+
+@pytest.mark.parametrize("kind", ["batch", "threads"])
+def test_server_streams_get_their_own_words_with_either_scheduler(tiny_model, clips, kind):
+    from streamst.server.client import stream_audio
+    from streamst.server.scheduler import Scheduler
+
+    expected = [alone(tiny_model, "alignatt", c, 5120) for c in clips[:3]]
+    config = {"sample_rate": 16000, "encoding": "f32le", "channels": 1}
+
+    async def main():
+        scheduler = BatchingScheduler() if kind == "batch" else Scheduler()
+        made: list = []
+        server, url = await _serve(tiny_model, scheduler, "alignatt", made)
+        try:
+            results = await asyncio.gather(*(stream_audio(url, [p.tobytes() for p in pieces(c, 5120)], config)
+                                             for c in clips[:3]))
+        finally:
+            await server.shutdown()
+            scheduler.close()
+        gc.collect()
+        return [[w["text"] for w in r.words] for r in results], [r() for r in made]
+
+    got, alive = asyncio.run(main())
+    assert got == expected
+    assert alive == [None] * 3  # finished streams leave nothing behind
+
+
+def test_a_disconnect_frees_the_stream_while_the_others_go_on(tiny_model, clips):
+    from websockets.asyncio.client import connect
+
+    from streamst.server.client import stream_audio
+
+    config = {"type": "config", "sample_rate": 16000, "encoding": "f32le", "channels": 1}
+
+    async def main():
+        scheduler = BatchingScheduler()
+        made: list = []
+        server, url = await _serve(tiny_model, scheduler, "waitk:k=2", made)
+        try:
+            other = asyncio.create_task(stream_audio(url, [p.tobytes() for p in pieces(clips[1], 5120)],
+                                                     {k: v for k, v in config.items() if k != "type"}))
+            ws = await connect(url)
+            await ws.send(__import__("json").dumps(config))
+            await ws.recv()  # ready
+            await ws.send(np.tile(clips[0], 3).tobytes())  # many chunks at once, then the client vanishes
+            while not made or made[0]() is None or made[0]().chunks == 0:
+                await asyncio.sleep(0.005)
+            ws.transport.abort()
+            result = await other
+            for _ in range(400):
+                gc.collect()
+                if made[0]() is None:
+                    break
+                await asyncio.sleep(0.01)
+            return made[0]() is None, [w["text"] for w in result.words], scheduler.pending
+        finally:
+            await server.shutdown()
+            scheduler.close()
+
+    freed, other_words, pending = asyncio.run(main())
+    assert freed
+    assert other_words == alone(tiny_model, "waitk:k=2", clips[1], 5120)
+    assert pending == 0
+
+
+def test_models_whose_states_do_not_stack_run_their_streams_one_by_one_in_the_same_rounds(tiny_model, clips, tmp_path):
+    """The ONNX backend (like Whisper, whose window is re-encoded) has no stacked step: its streams take their own
+    calls, next to torch streams that are batched, and every stream still gets its own words."""
+    from streamst.onnx_backend import load_onnx_model
+    from streamst.onnx_export import export_onnx
+
+    onnx_model = load_onnx_model(export_onnx(tiny_model, tmp_path / "onnx"))
+    models = [tiny_model, onnx_model, tiny_model, onnx_model]
+    expected = [alone(m, "alignatt", c, 5120) for m, c in zip(models, clips)]
+
+    async def main():
+        scheduler = BatchingScheduler()
+        try:
+            sessions = [Session(m, parse_policy("alignatt")) for m in models]
+            got = await asyncio.gather(*(through(scheduler, s, c, 5120) for s, c in zip(sessions, clips)))
+            return got, max(scheduler.batch_sizes)
+        finally:
+            scheduler.close()
+
+    got, biggest = asyncio.run(main())
+    assert got == expected
+    assert biggest == 4

@@ -121,32 +121,37 @@ class BatchingScheduler:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self._wake is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self.window_s > 0:
                 await asyncio.sleep(self.window_s)
-            while True:
-                batch = self._take()
-                if not batch:
-                    break
-                now = time.perf_counter()
-                for job in batch:
-                    if not job.started:
-                        job.started = True
-                        self.waits_ms.append((now - job.submitted) * 1000.0)
-                rows = [(job.session, *job.chunks.popleft()) for job in batch]
-                try:
-                    results = await loop.run_in_executor(self._pool, step_sessions, rows)
-                except Exception as e:  # noqa: BLE001 - the worker itself failed: every job of the round hears it
-                    results = [e] * len(batch)
-                self.steps_ms.append((time.perf_counter() - now) * 1000.0)
-                self.batch_sizes.append(len(batch))
-                for job, result in zip(batch, results):
-                    self._deliver(job, result)
-                rows = batch = results = None  # type: ignore[assignment]  # no references past the round
+            while await self._round():
+                pass
+
+    async def _round(self) -> bool:
+        """One chunk of every waiting job as one batch; False when nothing was waiting. Its locals are the only
+        references to the sessions, and they end with it."""
+        batch = self._take()
+        if not batch:
+            return False
+        now = time.perf_counter()
+        for job in batch:
+            if not job.started:
+                job.started = True
+                self.waits_ms.append((now - job.submitted) * 1000.0)
+        rows = [(job.session, *job.chunks.popleft()) for job in batch]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._pool, step_sessions, rows)
+        except Exception as e:  # noqa: BLE001 - the worker itself failed: every job of the round hears it
+            results = [e] * len(batch)
+        self.steps_ms.append((time.perf_counter() - now) * 1000.0)
+        self.batch_sizes.append(len(batch))
+        for job, result in zip(batch, results):
+            self._deliver(job, result)
+        self._jobs = [j for j in self._jobs if not j.future.done()]
+        return True
 
     def _deliver(self, job: _Job, result: Any) -> None:
         if job.future.done():  # the caller left while its chunk ran: drop the rest
