@@ -1,7 +1,8 @@
-"""Runs the model steps of every stream off the event loop, on worker threads that share one model.
+"""Runs the model steps of every stream off the event loop, on worker threads that share one model, one
+stream's step at a time (`streamst serve --scheduler threads`; the default is the batching scheduler in
+`streamst.server.batching`, which stacks the states of several streams into one model call).
 
-The interface is deliberately small (`push`, `finish`) so a batching scheduler that stacks the states of
-several streams into one model call can replace this one without touching the server. Each stream has at
+The interface is deliberately small (`push`, `finish`, `close`) so either scheduler serves the server. Each stream has at
 most one step in flight (the server awaits it), so the queue holds at most one job per open stream: bounded
 by `--max-streams`. Jobs run first come, first served, so a long stream cannot starve the others.
 """
