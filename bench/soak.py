@@ -197,22 +197,27 @@ async def client(url: str, audio: np.ndarray, sessions: int, chunk_ms: int, real
                 tally.words_lost += len(reference)
 
 
-async def sample_rss(pid: int, t0: float, samples: list[tuple[float, float]], stop: asyncio.Event) -> None:
+async def sample_rss(pid: int, t0: float, samples: list[tuple[float, float]], stop: asyncio.Event,
+                     tally: Tally, planned: int) -> None:
+    """Every second: the server's RSS; every minute a progress line on stderr."""
     while not stop.is_set():
         value = rss_mb(pid)
         if value is not None:
             samples.append((time.perf_counter() - t0, value))
+            if len(samples) % 60 == 0:
+                print(f"soak: {samples[-1][0]:.0f} s, {len(tally.chunks)}/{planned} chunks, "
+                      f"{tally.sessions} streams done, RSS {value:.0f} MB", file=sys.stderr, flush=True)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
 async def soak(url: str, pid: int, args: argparse.Namespace, audio: np.ndarray, sessions: int,
-               reference: list[str] | None) -> tuple[Tally, list[tuple[float, float]], float]:
+               reference: list[str] | None, planned: int) -> tuple[Tally, list[tuple[float, float]], float]:
     tally = Tally()
     samples: list[tuple[float, float]] = []
     t0 = time.perf_counter()
     stop = asyncio.Event()
-    sampler = asyncio.create_task(sample_rss(pid, t0, samples, stop))
+    sampler = asyncio.create_task(sample_rss(pid, t0, samples, stop, tally, planned))
     await asyncio.gather(*(client(url, audio, sessions, args.chunk_ms, args.realtime, t0, tally, reference,
                                   0.05 * i) for i in range(args.streams)))
     samples.append((time.perf_counter() - t0, rss_mb(pid) or float("nan")))
@@ -226,7 +231,7 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen,
     cmd = [sys.executable, "-m", "streamst.cli", "serve", "--model", args.model, "--port", "0",
            "--port-file", str(port_file), "--policy", args.policy, "--chunk-ms", str(args.chunk_ms),
            "--max-streams", str(args.streams), "--max-streams-per-client", str(args.streams),
-           "--idle-timeout-s", "600", "--torch-threads", "1", "--log-level", "WARNING"]
+           "--idle-timeout-s", "600", "--torch-threads", "1", "--scheduler", args.scheduler, "--log-level", "WARNING"]
     server = subprocess.Popen(cmd, stderr=open(tmp / "serve.log", "w"), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not port_file.exists():
@@ -253,7 +258,7 @@ def summarize(args: argparse.Namespace, tally: Tally, samples: list[tuple[float,
     last = [c.ms for c in chunks[-tenth:]]
     return {
         "streams": args.streams, "minutes_audio_per_stream": args.minutes, "session_s": args.session_s,
-        "realtime": args.realtime, "policy": args.policy, "model": args.model, "wall_s": round(wall_s, 1),
+        "realtime": args.realtime, "scheduler": args.scheduler, "policy": args.policy, "model": args.model, "wall_s": round(wall_s, 1),
         "sessions": tally.sessions, "sessions_failed": tally.failed, "sessions_mismatched": tally.mismatched,
         "done_count_mismatch": tally.done_count_mismatch,
         "words_reference": tally.words_reference, "words_delivered": tally.words_delivered,
@@ -278,6 +283,7 @@ def main() -> int:
     ap.add_argument("--session-s", type=float, default=60.0,
                     help="audio seconds per stream before eos and a reconnect (0: one stream for all --minutes)")
     ap.add_argument("--chunk-ms", type=int, default=320)
+    ap.add_argument("--scheduler", choices=["batch", "threads"], default="batch", help="the server's --scheduler")
     ap.add_argument("--wav", action="append", default=[], help="16 kHz wav(s) to loop (default: the bundled sample)")
     ap.add_argument("--realtime", action="store_true", help="send at real-time pace instead of chunk by chunk")
     ap.add_argument("--no-reference", action="store_true",
@@ -298,7 +304,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server, url = start_server(args, Path(tmp))
         try:
-            tally, samples, wall_s = asyncio.run(soak(url, server.pid, args, audio, sessions, reference))
+            tally, samples, wall_s = asyncio.run(soak(url, server.pid, args, audio, sessions, reference, planned))
         finally:
             server.terminate()
             try:
