@@ -258,7 +258,8 @@ def summarize(args: argparse.Namespace, tally: Tally, samples: list[tuple[float,
     last = [c.ms for c in chunks[-tenth:]]
     return {
         "streams": args.streams, "minutes_audio_per_stream": args.minutes, "session_s": args.session_s,
-        "realtime": args.realtime, "scheduler": args.scheduler, "policy": args.policy, "model": args.model, "wall_s": round(wall_s, 1),
+        "realtime": args.realtime, "scheduler": args.scheduler, "policy": args.policy, "model": args.model,
+        "wall_s": round(wall_s, 1),
         "sessions": tally.sessions, "sessions_failed": tally.failed, "sessions_mismatched": tally.mismatched,
         "done_count_mismatch": tally.done_count_mismatch,
         "words_reference": tally.words_reference, "words_delivered": tally.words_delivered,
