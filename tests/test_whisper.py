@@ -267,3 +267,178 @@ def test_streams_through_the_session_with_alignatt(model, offline_transcripts):
     delays = [w.emitted_ms for w in words]
     assert delays == sorted(delays)
     assert sum(d < len(audio) / 16 - 1000 for d in delays) >= len(words) // 2  # half the words >= 1 s before the end
+
+
+# ---------------------------------------------------------------- long streams, guards, languages, CLI
+
+
+def _session_words(model, audio: np.ndarray, policy: str = "alignatt:frames=40", chunk_ms: float = 1000.0):
+    from streamst.events import Word
+    from streamst.policies import parse_policy
+    from streamst.session import Session
+
+    session = Session(model, parse_policy(policy), chunk_ms=chunk_ms)
+    step = session.chunker.chunk_samples
+    words, windows = [], []
+    for start in range(0, len(audio), step):
+        words += [e.text for e in session.push(audio[start: start + step]) if isinstance(e, Word)]
+        windows.append(session.enc_state.audio.numel() / 16000)
+    words += [e.text for e in session.finish() if isinstance(e, Word)]
+    return words, windows, session
+
+
+@needs_weights
+@needs_speech
+def test_long_stream_trims_the_window_at_committed_words_and_keeps_the_text(model):
+    """The clips in a row (27 s) with a trim after 6 s (the default is 20 s; `bench/whisper_long.py` runs an hour):
+    several trims, the window stays short, no word is lost or repeated at a cut (the committed words that leave
+    the window become the prompt)."""
+    from streamst.whisper.streaming import WhisperStreamingModel
+
+    clips = librivox_clips()
+    pause = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([piece for a, _ in clips for piece in (a, pause)])
+    reference = " ".join(text for _, text in clips)
+    trimming = WhisperStreamingModel(model.loaded, trim_after_s=6.0, keep_s=3.0)
+    words, windows, session = _session_words(trimming, audio, chunk_ms=1500)
+    assert max(windows) <= 7.5  # trim_after_s + one chunk
+    assert session.enc_state.trimmed_samples >= 12 * 16000 and session.enc_state.info.prompt_tokens >= 40
+    assert corpus_wer([reference], [" ".join(words)]) <= 0.08, " ".join(words)
+
+
+@needs_weights
+def test_no_text_on_silence_or_seeded_noise_and_the_guard_is_what_stops_it(model):
+    from streamst.whisper.streaming import WhisperStreamingModel
+
+    rng = np.random.default_rng(0)
+    signals = [np.zeros(16000 * 4, np.float32)] + [
+        (amp * rng.standard_normal(16000 * 4)).astype(np.float32) for amp in (0.003, 0.03, 0.1)]
+    for audio in signals:
+        assert _session_words(model, audio)[0] == []
+    unguarded = WhisperStreamingModel(model.loaded, no_speech_threshold=1.0)
+    said = [unguarded.transcribe(audio) for audio in signals]
+    assert any(said), said  # without the no-speech check tiny.en says "you" to silence and noise
+
+
+@needs_weights
+@needs_speech
+def test_repetition_guard_on_real_speech(model):
+    """A repetitive prompt drives tiny.en into an " and and and ..." loop on a real clip; the guard cuts it."""
+    audio, _ = librivox_clips()[0]
+    memory, _ = model.encode(torch.from_numpy(audio[: 2560 * 16]), model.init_state())
+    hyp = model.decode(memory, [], max_tokens=60, prompt=model.tokenizer.encode(" and" * 12))
+    text = model.tokenizer.decode(hyp.tokens)
+    assert hyp.ended and text.split().count("and") <= 2, text
+
+
+@needs_weights
+@needs_speech
+def test_vad_trims_leading_silence_and_passes_speech(model):
+    pytest.importorskip("silero_vad", reason="silero-vad not installed")
+    from streamst.whisper.streaming import WhisperStreamingModel
+    from streamst.whisper.vad import SileroVAD
+
+    audio, reference = librivox_clips()[1]
+    rng = np.random.default_rng(1)
+    lead = (0.002 * rng.standard_normal(16000 * 5)).astype(np.float32)
+    gated = WhisperStreamingModel(model.loaded, vad=SileroVAD())
+    words, _, session = _session_words(gated, np.concatenate([lead, audio]))
+    assert session.enc_state.speech_seen and session.enc_state.trimmed_samples >= 16000 * 3
+    assert corpus_wer([reference], [" ".join(words)]) <= 0.15, words
+
+
+def multilingual_tokenizer(english):
+    """A vocabulary laid out as multilingual Whisper's (51865 ids, language tokens after <|startoftranscript|>)."""
+    from streamst.whisper.tokenizer import LANGUAGES, WhisperTokenizer
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{code}|>" for code in LANGUAGES] + [
+        "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    vocab = english.vocab[:50256] + ["Ġextra"] + specials
+    vocab += [f"<|{0.02 * i:.2f}|>" for i in range(51865 - len(vocab))]
+    return WhisperTokenizer(vocab)
+
+
+@needs_weights
+def test_language_detection_logic_once_per_stream(model):
+    """No multilingual checkpoint loads offline, so this checks the logic, not a model's accuracy: a small random
+    multilingual-shaped Whisper whose decoder output is pinned so that <|de|> has the highest logit."""
+    from streamst.whisper.load import LoadedWhisper
+    from streamst.whisper.model import Whisper, WhisperConfig
+    from streamst.whisper.streaming import WhisperStreamingModel, language_from_logits
+
+    tok = multilingual_tokenizer(model.tokenizer)
+    assert tok.sot_sequence("de", "translate") == [tok.sot, tok.language_ids["de"], tok.translate, tok.no_timestamps]
+    logits = torch.zeros(len(tok))
+    logits[tok.language_ids["fr"]] = 3.0
+    logits[tok.eot] = 9.0  # not a language: ignored
+    assert language_from_logits(logits, tok.language_ids) == "fr"
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                        n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    net = Whisper(cfg)
+    with torch.no_grad():  # every position's output is the same vector v; <|de|>'s embedding is 5 v
+        direction = torch.randn(64)
+        net.decoder.ln.weight.zero_()
+        net.decoder.ln.bias.copy_(direction)
+        net.decoder.token_embedding.weight[tok.language_ids["de"]] = 5 * direction
+    loaded = LoadedWhisper(cfg, net.state_dict(), tok, [(0, 0), (0, 1)])
+    translator = WhisperStreamingModel(loaded, task="translate", no_speech_threshold=1.0)
+    assert translator.multilingual and translator.task == "st"
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    memory, state = translator.encode(torch.from_numpy(audio), translator.init_state())
+    translator.decode(memory, [], max_tokens=2)
+    assert state.info.language == "de"
+    state.info.language = "es"  # once a word is committed the stream keeps its language: no new detection
+    translator.decode(memory, [tok.encode(" hello")[0]], max_tokens=2)
+    assert state.info.language == "es"
+    translator.decode(memory, [], max_tokens=2)  # nothing committed yet: detection runs again
+    assert state.info.language == "de"
+    fixed = WhisperStreamingModel(loaded, language="it", no_speech_threshold=1.0)
+    memory, state = fixed.encode(torch.from_numpy(audio), fixed.init_state())
+    fixed.decode(memory, [], max_tokens=2)
+    assert state.info.language is None and fixed.sot_sequence[1] == tok.language_ids["it"]
+    assert model.multilingual is False and model.sot_sequence == [50257, 50362]  # tiny.en: no detection
+
+
+@needs_weights
+@needs_speech
+def test_streamst_eval_with_whisper(tmp_path):
+    import json as _json
+    import sys as _sys
+
+    from streamst.cli import main
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from whisper_eval import librivox_clips as named_clips, write_mustc_layout
+
+    root = write_mustc_layout(tmp_path / "mustc", named_clips()[1:3])
+    out = tmp_path / "eval"
+    assert main(["eval", "--mustc", str(root), "--pair", "en-en", "--task", "asr", "--model", "whisper-tiny.en",
+                 "--policy", "alignatt:frames=40", "--chunk-ms", "640", "--out", str(out), "--no-progress"]) == 0
+    scores = _json.loads((out / "scores.json").read_text())
+    assert scores["instances"] == 2 and scores["scores"]["WER"] <= 25.0, scores["scores"]
+    assert 0 < scores["scores"]["LAAL"] <= 2500
+
+
+@needs_weights
+@needs_speech
+def test_streamst_serve_with_whisper(tmp_path):
+    import asyncio
+    import soundfile as sf
+
+    from test_server import ServeProcess
+
+    from streamst.server.replay import stream_file
+
+    audio, reference = librivox_clips()[4]
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, audio, 16000, subtype="PCM_16")
+    server = ServeProcess(tmp_path, Path("whisper-tiny.en"), "--policy", "alignatt:frames=40", "--chunk-ms", "640")
+    try:
+        result = asyncio.run(asyncio.wait_for(stream_file(server.url, wav, piece_ms=200), 300))
+    finally:
+        assert server.terminate() == 0, server.output()
+    text = " ".join(w["text"] for w in result.words)
+    assert result.done["reason"] == "eos" and corpus_wer([reference], [text]) <= 0.15, text
+    assert result.ready["policy"].startswith("alignatt")
