@@ -8,7 +8,7 @@ getting the marker back: the server's queueing plus compute plus loopback. N dou
 then bisects. Prints one line per N tried and, per scheduler, the largest N whose p95 stays under the bound.
 
     python bench/load.py [--model en-de] [--schedulers batch,threads] [--policy waitk:k=3] [--audio FILE]
-                         [--seconds 20] [--max-streams 64] [--bound-ms 300] [--json]
+                         [--seconds 20] [--max-streams 64 | --streams 1,2,4,8] [--bound-ms 300] [--json]
 """
 from __future__ import annotations
 
@@ -101,6 +101,9 @@ def ramp(url: str, args, audio: np.ndarray, rate: int, log) -> tuple[int, dict]:
         return p95 < args.bound_ms
 
     log(f"{'streams':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'words':>7}")
+    if args.streams:  # a fixed list: every N is run, the answer is the largest that kept the bound
+        passed = [n for n in sorted(int(x) for x in args.streams.split(",")) if ok(n)]
+        return max(passed, default=0), tried
     if not ok(1):
         return 0, tried
     good, bad = 1, None
@@ -121,6 +124,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
     ap.add_argument("--policy", default=None, help="policy spec (default: the server's, waitk:k=3)")
     ap.add_argument("--max-streams", type=int, default=64)
+    ap.add_argument("--streams", help="run exactly these stream counts (e.g. 1,2,4,8) instead of the ramp")
     ap.add_argument("--bound-ms", type=float, default=300.0)
     ap.add_argument("--piece-ms", type=int, default=320, help="audio per frame; one marker per frame")
     ap.add_argument("--json", action="store_true", help="also print one JSON object")

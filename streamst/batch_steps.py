@@ -166,17 +166,20 @@ def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[in
     step = 0
     while True:
         alive, next_tokens = [], []
+        best = logp.argmax(-1)
+        best_logp = logp.gather(1, best[:, None])[:, 0].tolist()
+        best = best.tolist()
         for j, i in enumerate(slot):
             if i < 0:
                 continue
             row = state[i]
             if step >= row.budget:
                 continue
-            tok = int(logp[j].argmax())
+            tok = best[j]
             if tok == eos:
                 row.ended = True
                 continue
-            row.score += float(logp[j, tok])
+            row.score += best_logp[j]
             row.tokens.append(tok)
             row.rows.append(row.last_attn)
             if repeats_at_end(row.tokens) or len(row.tokens) >= row.budget:
