@@ -4,7 +4,7 @@ Builds a MuST-C v1 layout (pair en-en, split tst-COMMON) of pocketsphinx-testdat
 per clip, then runs `streamst sweep` (WER and SimulEval-exact LAAL from `streamst.eval`) over the policies given:
 
     python bench/whisper_eval.py --out /tmp/whisper-sweep \
-        --policies "alignatt:frames=10;alignatt:frames=20;la:n=2;waitk:k=2" [--chunk-ms 640]
+        --policies "alignatt:frames=10;alignatt:frames=20;la:n=2;waitk:k=2" [--chunk-ms 640] [--beam 4]
 
 `--layout-only DIR` writes the layout and exits (for a hand-run `streamst eval --mustc DIR --pair en-en ...`).
 """
@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--model", default="whisper-tiny.en")
     parser.add_argument("--policies", default="alignatt:frames=10;alignatt:frames=20;la:n=2;waitk:k=2")
     parser.add_argument("--chunk-ms", type=float, default=640.0)
+    parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--out", default="/tmp/whisper-sweep")
     parser.add_argument("--layout-only", default=None, metavar="DIR", help="write the MuST-C layout there and exit")
     args = parser.parse_args()
@@ -66,7 +67,7 @@ def main() -> int:
     from streamst.cli import main as cli
 
     return cli(["sweep", "--mustc", str(root), "--pair", "en-en", "--task", "asr", "--model", args.model,
-                "--chunk-ms", str(args.chunk_ms), "--policies", args.policies, "--out", str(Path(args.out) / "sweep"),
+                "--chunk-ms", str(args.chunk_ms), "--beam", str(args.beam), "--policies", args.policies, "--out", str(Path(args.out) / "sweep"),
                 "--no-progress"])
 
 

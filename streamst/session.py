@@ -199,7 +199,10 @@ class Session:
             return None, None
         best = attention[-1].mean(0)[a:b].argmax(-1)
         frame_ms = self.model.frame_ms
-        return (float(best.min()) + self.frames_dropped) * frame_ms, (float(best.max()) + 1 + self.frames_dropped) * frame_ms
+        # audio a model cut from its own window (Whisper's trims, VAD silence) is not in `frames_dropped`
+        offset = getattr(self.enc_state, "trimmed_samples", 0) * 1000.0 / SAMPLE_RATE
+        return ((float(best.min()) + self.frames_dropped) * frame_ms + offset,
+                (float(best.max()) + 1 + self.frames_dropped) * frame_ms + offset)
 
 
 def whole_words(pieces: list[str], n: int) -> int:
