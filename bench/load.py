@@ -2,10 +2,12 @@
 
 For each scheduler (`streamst serve --scheduler batch` and `--scheduler threads` by default, in the same run),
 starts the real server on a free loopback port with the shipped default model, then runs N concurrent clients
-that each send the same speech at real-time pace (starts spread over one piece, as independent clients would),
-with a `marker` after every 320 ms piece. The added delay of a piece is the time from sending its marker to
-getting the marker back: the server's queueing plus compute plus loopback. N doubles until the bound is broken,
-then bisects. Prints one line per N tried and, per scheduler, the largest N whose p95 stays under the bound.
+that each send speech at real-time pace (LibriVox clips, each client starting at a different clip; starts spread
+over one piece), with a `marker` after every 320 ms piece. The added delay of a piece
+is the time from sending its marker to getting the marker back: the server's queueing plus compute plus
+loopback. The schedulers take turns at each N (both servers stay up, so a change in the machine's load hits
+both); N grows by half (1, 2, 3, 4, 6, 9, ...) until each scheduler breaks the bound (or runs through `--streams`).
+Prints one line per run and, per scheduler, the largest N whose p95 stays under the bound.
 
     python bench/load.py [--model en-de] [--schedulers batch,threads] [--policy waitk:k=3] [--audio FILE]
                          [--seconds 20] [--max-streams 64 | --streams 1,2,4,8] [--bound-ms 300] [--json]
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,17 +43,22 @@ async def one_stream(url: str, audio: np.ndarray, rate: int, piece_ms: int, poli
         config["policy"] = policy
     result = await stream_audio(url, paced(pieces, lambda p: len(p) / 4 / audio.shape[1] / rate), config,
                                 marker_every=1, marker_sent=lambda i: sent.__setitem__(i, time.perf_counter()))
+    if result.done is None or result.errors:
+        raise RuntimeError(f"a stream did not finish cleanly: {result.errors or 'no done message'}")
     return [(result.markers[i] - sent[i]) * 1000 for i in sent if i in result.markers], len(result.words)
 
 
-async def load(url: str, n: int, audio: np.ndarray, rate: int, piece_ms: int, policy: str | None) -> tuple[np.ndarray, int]:
-    runs = await asyncio.gather(*(one_stream(url, audio, rate, piece_ms, policy, i * piece_ms / 1000 / n)
-                                  for i in range(n)))
+async def load(url: str, n: int, variants: list[np.ndarray], rate: int, piece_ms: int,
+               policy: str | None) -> tuple[np.ndarray, int]:
+    runs = await asyncio.gather(*(one_stream(url, variants[i % len(variants)], rate, piece_ms, policy,
+                                             i * piece_ms / 1000 / n) for i in range(n)))
     return np.array([d for ds, _ in runs for d in ds]), sum(w for _, w in runs)
 
 
-def speech(path: str | None, seconds: float) -> tuple[np.ndarray, int]:
-    """`seconds` of the given file (looped), else of the librivox clips, else seeded speech-like noise."""
+def speech(path: str | None, seconds: float) -> tuple[list[np.ndarray], int]:
+    """`seconds` of speech per variant: the librivox clips in each rotated order (so that clients start at
+    different utterances, as independent speakers would, and the costly moments do not coincide), else the
+    given file looped, else seeded speech-like noise."""
     if path:
         clips = [read_audio(path)]
     elif (LIBRIVOX / "fileids").exists():
@@ -60,13 +68,17 @@ def speech(path: str | None, seconds: float) -> tuple[np.ndarray, int]:
         rng = np.random.default_rng(0)
         t = np.arange(int(seconds * rate)) / rate
         audio = 0.2 * np.sin(2 * np.pi * 220 * t * (1 + 0.3 * np.sin(t))) + 0.02 * rng.standard_normal(t.size)
-        return audio.astype(np.float32)[:, None], rate
+        return [audio.astype(np.float32)[:, None]], rate
     rate = clips[0][1]
     if any(r != rate for _, r in clips):
         raise SystemExit("the clips differ in sample rate")
-    audio = np.concatenate([a[:, :1] for a, _ in clips])
-    reps = int(np.ceil(seconds * rate / len(audio)))
-    return np.tile(audio, (reps, 1))[: int(seconds * rate)], rate
+    mono = [a[:, :1] for a, _ in clips]
+    variants = []
+    for i in range(len(mono)):
+        audio = np.concatenate(mono[i:] + mono[:i])
+        reps = int(np.ceil(seconds * rate / len(audio)))
+        variants.append(np.tile(audio, (reps, 1))[: int(seconds * rate)])
+    return variants, rate
 
 
 class Server:
@@ -89,31 +101,36 @@ class Server:
         self.proc.wait(60)
 
 
-def ramp(url: str, args, audio: np.ndarray, rate: int, log) -> tuple[int, dict]:
-    """Largest N under the bound (doubling, then bisection); returns it and {N: (p50, p95, max, words)}."""
-    tried: dict[int, tuple] = {}
-
-    def ok(n: int) -> bool:
-        d, words = asyncio.run(load(url, n, audio, rate, args.piece_ms, args.policy))
-        p50, p95 = np.percentile(d, [50, 95]) if d.size else (float("inf"), float("inf"))
-        tried[n] = (float(p50), float(p95), float(d.max()) if d.size else float("inf"), words)
-        log(f"{n:>7} {p50:>8.0f} {p95:>8.0f} {tried[n][2]:>8.0f} {words:>7}")
-        return p95 < args.bound_ms
-
-    log(f"{'streams':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'words':>7}")
-    if args.streams:  # a fixed list: every N is run, the answer is the largest that kept the bound
-        passed = [n for n in sorted(int(x) for x in args.streams.split(",")) if ok(n)]
-        return max(passed, default=0), tried
-    if not ok(1):
-        return 0, tried
-    good, bad = 1, None
-    while bad is None and good < args.max_streams:
-        n = min(good * 2, args.max_streams)
-        good, bad = (n, None) if ok(n) else (good, n)
-    while bad is not None and bad - good > max(1, good // 8):
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if ok(mid) else (good, mid)
-    return good, tried
+def measure(servers: dict[str, "Server"], args, variants: list[np.ndarray], rate: int, log) -> dict[str, tuple[int, dict]]:
+    """Per scheduler, the largest N under the bound and {N: (p50, p95, max, words)}. The schedulers take turns at
+    each N (so a change in the machine's load hits both); N doubles until every scheduler broke the bound, or
+    runs through `--streams`."""
+    tried: dict[str, dict[int, tuple]] = {name: {} for name in servers}
+    best = {name: 0 for name in servers}
+    live = set(servers)
+    fixed = sorted(int(x) for x in args.streams.split(",")) if args.streams else None
+    log(f"{'scheduler':>9} {'streams':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'words':>7}")
+    n = fixed[0] if fixed else 1
+    while live and n <= args.max_streams:
+        for name in servers:
+            if name not in live:
+                continue
+            d, words = asyncio.run(load(servers[name].url, n, variants, rate, args.piece_ms, args.policy))
+            p50, p95 = np.percentile(d, [50, 95]) if d.size else (float("inf"), float("inf"))
+            tried[name][n] = (float(p50), float(p95), float(d.max()) if d.size else float("inf"), words)
+            log(f"{name:>9} {n:>7} {p50:>8.0f} {p95:>8.0f} {tried[name][n][2]:>8.0f} {words:>7}")
+            if p95 < args.bound_ms:
+                best[name] = max(best[name], n)
+            elif not fixed:
+                live.discard(name)
+        if fixed:
+            later = [m for m in fixed if m > n]
+            if not later:
+                break
+            n = later[0]
+        else:
+            n = max(n + 1, n * 3 // 2)
+    return {name: (best[name], tried[name]) for name in servers}
 
 
 def main() -> int:
@@ -129,22 +146,25 @@ def main() -> int:
     ap.add_argument("--piece-ms", type=int, default=320, help="audio per frame; one marker per frame")
     ap.add_argument("--json", action="store_true", help="also print one JSON object")
     args = ap.parse_args()
-    audio, rate = speech(args.audio, args.seconds)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the servers are stopped on the way out
+    variants, rate = speech(args.audio, args.seconds)
     log = lambda *a: print(*a, file=sys.stderr if args.json else sys.stdout, flush=True)  # noqa: E731
-    log(f"model {args.model}, {len(audio) / rate:.0f} s of audio per stream, piece {args.piece_ms} ms, "
-        f"bound p95 < {args.bound_ms:.0f} ms")
-    results = {}
+    log(f"model {args.model}, {len(variants[0]) / rate:.0f} s of audio per stream ({len(variants)} variants), "
+        f"piece {args.piece_ms} ms, bound p95 < {args.bound_ms:.0f} ms")
+    names = args.schedulers.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.schedulers.split(","):
-            log(f"--scheduler {name}")
-            server = Server(args.model, name, args.max_streams, Path(tmp), [])
-            try:
-                best, tried = ramp(server.url, args, audio, rate, log)
-            finally:
+        servers: dict[str, Server] = {}
+        try:
+            for name in names:
+                servers[name] = Server(args.model, name, args.max_streams, Path(tmp), [])
+            found = measure(servers, args, variants, rate, log)
+        finally:
+            for server in servers.values():
                 server.stop()
-            results[name] = {"streams": best, "tried": {str(n): {"p50_ms": round(v[0], 1), "p95_ms": round(v[1], 1),
-                                                                 "max_ms": round(v[2], 1), "words": v[3]}
-                                                        for n, v in sorted(tried.items())}}
+    results = {name: {"streams": best, "tried": {str(n): {"p50_ms": round(v[0], 1), "p95_ms": round(v[1], 1),
+                                                         "max_ms": round(v[2], 1), "words": v[3]}
+                                                for n, v in sorted(tried.items())}}
+               for name, (best, tried) in found.items()}
     for name, r in results.items():
         log(f"{name:>8}: real-time streams with p95 added delay < {args.bound_ms:.0f} ms: {r['streams']}")
     if args.json:
