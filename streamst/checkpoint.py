@@ -131,7 +131,7 @@ def load_model(name_or_path: str):
         from streamst.whisper.load import load_whisper
         from streamst.whisper.streaming import WhisperStreamingModel
 
-        model = WhisperStreamingModel(load_whisper(path), language="en")
+        model = WhisperStreamingModel(load_whisper(path))  # English-only models fix English; multilingual detect
         model.name = name_or_path if not os.sep in name_or_path else path.name
         return model
     return model_from_checkpoint(read_checkpoint(path), name=path.stem)
