@@ -11,12 +11,13 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "streamst.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_models_lists_the_shipped_translation_model():
+def test_models_lists_the_three_shipped_defaults():
     out = cli("models", "--json")
     assert out.returncode == 0, out.stderr
     models = {m["name"]: m for m in json.loads(out.stdout)["models"]}
-    assert models["en-de"]["task"] == "st" and models["en-de"]["languages"] == "en-de"
-    assert models["en-de"]["size_mb"] <= 40
+    for name, task, languages in [("en-asr", "asr", "en"), ("en-de", "st", "en-de"), ("en-es", "st", "en-es")]:
+        assert models[name]["task"] == task and models[name]["languages"] == languages, models[name]
+        assert models[name]["size_mb"] <= 40
 
 
 def test_demo_streams_the_bundled_sample_and_summarises():
