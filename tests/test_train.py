@@ -92,6 +92,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(corpus, straight_
     assert "resumed at step 3" in capsys.readouterr().out
     assert_same(weights(out / "last.state"), weights(straight_run / "last.state"))
     assert_same(weights(out / "step6.pt"), weights(straight_run / "step6.pt"))
+    # the card shows how the run began (corpus, options) and then the resume
+    command = next(line for line in (out / "model.md").read_text().splitlines() if line.startswith("- command:"))
+    assert "--corpus" in command and "--steps 3" in command and "&& streamst train --out" in command, command
     # a resumed run cannot change the model
     assert main(["train", "--out", str(out), "--resume", "--d-model", "64", "--no-progress"]) == 2
     assert "d_model" in capsys.readouterr().err

@@ -118,7 +118,9 @@ def build_config(args: argparse.Namespace):
         if k in merged and merged[k] < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be at least 1")
     merged["progress"] = sys.stderr.isatty() if args.progress is None else args.progress
-    merged["command"] = "streamst train " + shlex.join(_argv_of(args))
+    command = "streamst train " + shlex.join(_argv_of(args))
+    # a resumed run's card shows how it began, then each resume
+    merged["command"] = f"{saved['command']} && {command}" if saved.get("command") else command
     names = set(TrainConfig.__dataclass_fields__)
     return TrainConfig(**{k: v for k, v in merged.items() if k in names})
 
