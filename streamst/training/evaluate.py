@@ -18,16 +18,9 @@ def pick_segments(count: int, limit: int) -> list[int]:
     return [int(i * count / limit) for i in range(limit)]
 
 
-@torch.inference_mode()
-def greedy_transcripts(net: SpeechTranslator, feats: list[Tensor], tokenizer: Tokenizer, *, device: torch.device,
-                       batch_size: int = 16) -> list[str]:
-    """Greedy whole-utterance outputs for normalised feature matrices [T, mels], in input order.
-
-    The encoder runs with the model's own inference chunk, so the memory equals what the stream would build.
-    """
-    was_training = net.training
-    net.eval()
-    out: list[str] = [""] * len(feats)
+def _encoded_batches(net: SpeechTranslator, feats: list[Tensor], device: torch.device, batch_size: int):
+    """(input indices, encoder frames [B, T4, d], lengths) over length-sorted batches, with the model's own
+    inference chunk, so the memory equals what the stream would build."""
     order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -36,6 +29,17 @@ def greedy_transcripts(net: SpeechTranslator, feats: list[Tensor], tokenizer: To
         for row, i in enumerate(idx):
             batch[row, : feats[i].shape[0]] = feats[i]
         enc, enc_lens = net.encoder(batch.to(device), lens.to(device), net.cfg.chunk_frames, net.cfg.left_frames)
+        yield idx, enc, enc_lens
+
+
+@torch.inference_mode()
+def greedy_transcripts(net: SpeechTranslator, feats: list[Tensor], tokenizer: Tokenizer, *, device: torch.device,
+                       batch_size: int = 16) -> list[str]:
+    """Greedy whole-utterance decoder outputs for normalised feature matrices [T, mels], in input order."""
+    was_training = net.training
+    net.eval()
+    out: list[str] = [""] * len(feats)
+    for idx, enc, enc_lens in _encoded_batches(net, feats, device, batch_size):
         for row, i in enumerate(idx):
             n = int(enc_lens[row])
             max_tokens = min(net.cfg.max_target_len - 2, n // 2 + 16)
@@ -53,14 +57,7 @@ def ctc_transcripts(net: SpeechTranslator, feats: list[Tensor], tokenizer: Token
     was_training = net.training
     net.eval()
     out: list[str] = [""] * len(feats)
-    order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        lens = torch.tensor([feats[i].shape[0] for i in idx])
-        batch = torch.zeros(len(idx), int(lens.max()), feats[idx[0]].shape[1])
-        for row, i in enumerate(idx):
-            batch[row, : feats[i].shape[0]] = feats[i]
-        enc, enc_lens = net.encoder(batch.to(device), lens.to(device), net.cfg.chunk_frames, net.cfg.left_frames)
+    for idx, enc, enc_lens in _encoded_batches(net, feats, device, batch_size):
         best = net.ctc(enc).argmax(-1).tolist()
         for row, i in enumerate(idx):
             pieces = [t for j, t in enumerate(best[row][: int(enc_lens[row])])
