@@ -14,7 +14,6 @@ committed words are the same in tests/test_batching.py.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,14 +219,13 @@ def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[in
 def _prefix_pass(decoder: Decoder, tokens: Tensor, last: Tensor, mem_kv, mem_mask):
     """`Decoder.forward` over right-padded [B, T] tokens (causal queries never see the padding after them), with
     the logits [B, V] of each row's last real position only."""
-    pos = torch.arange(tokens.shape[1]).clamp(max=decoder.cfg.max_target_len - 1)
-    x = decoder.embed(tokens) * math.sqrt(decoder.cfg.d_model) + decoder.pos(pos)
+    x = decoder.inputs(tokens, torch.arange(tokens.shape[1]))
     caches, attn = [], []
     for layer, layer_mem in zip(decoder.layers, mem_kv):
         x, cache, w = layer(x, layer_mem, mem_mask)
         caches.append(cache)
         attn.append(w)
-    return decoder.norm(x[torch.arange(tokens.shape[0]), last]) @ decoder.embed.weight.T, caches, torch.stack(attn)
+    return decoder.logits(x[torch.arange(tokens.shape[0]), last]), caches, torch.stack(attn)
 
 
 def _decoder_step(decoder: Decoder, tokens: Tensor, lens: Tensor, mem_kv, mem_mask, buffers):
@@ -235,8 +233,7 @@ def _decoder_step(decoder: Decoder, tokens: Tensor, lens: Tensor, mem_kv, mem_ma
     the row's buffers, and it attends to slots 0..lens[i]. Returns logits [B, 1, V] and cross-attention."""
     b = tokens.shape[0]
     rows = torch.arange(b)
-    x = decoder.embed(tokens) * math.sqrt(decoder.cfg.d_model) + decoder.pos(
-        lens.clamp(max=decoder.cfg.max_target_len - 1))[:, None]
+    x = decoder.inputs(tokens, lens[:, None])
     keys = int(lens.max()) + 1
     mask = (torch.arange(keys)[None, :] <= lens[:, None])[:, None, None, :]  # [B, 1, 1, keys]
     attn = []
@@ -251,4 +248,4 @@ def _decoder_step(decoder: Decoder, tokens: Tensor, lens: Tensor, mem_kv, mem_ma
         x = x + c
         x = x + layer.ff(x)
         attn.append(w)
-    return decoder.norm(x) @ decoder.embed.weight.T, torch.stack(attn)
+    return decoder.logits(x), torch.stack(attn)

@@ -334,19 +334,25 @@ class Decoder(nn.Module):
     def project_memory(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
         return [layer.cross_attn.project_memory(memory) for layer in self.layers]
 
+    def inputs(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """Scaled token embeddings plus learned positions (clipped to the table) for tokens [B, T] at pos."""
+        return self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.pos(pos.clamp(max=self.cfg.max_target_len - 1))
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Final norm and the output projection tied to the embedding."""
+        return self.norm(x) @ self.embed.weight.T
+
     def forward(self, tokens: Tensor, mem_kv, mem_mask=None, caches=None, pad_mask=None):
         """tokens [B, T] (continuing after `caches`) -> logits [B, T, V], new caches, cross-attention
         [layers, B, H, T, S]."""
         start = caches[0][0].shape[2] if caches else 0
-        pos = torch.arange(start, start + tokens.shape[1], device=tokens.device).clamp(max=self.cfg.max_target_len - 1)
-        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.pos(pos)
+        x = self.inputs(tokens, torch.arange(start, start + tokens.shape[1], device=tokens.device))
         new_caches, attn = [], []
         for i, layer in enumerate(self.layers):
             x, c, w = layer(x, mem_kv[i], mem_mask, caches[i] if caches else None, pad_mask)
             new_caches.append(c)
             attn.append(w)
-        logits = self.norm(x) @ self.embed.weight.T
-        return logits, new_caches, torch.stack(attn)
+        return self.logits(x), new_caches, torch.stack(attn)
 
 
 class SpeechTranslator(nn.Module):
