@@ -81,7 +81,8 @@ class DeviceScheduler:
 
     def __init__(self, net: SpeechTranslator, mean: Tensor, std: Tensor, *, bos: int, eos: int,
                  device: str = "cpu", dtype: str = "float32", memory_frames: int = 250, prefix_tokens: int = 16,
-                 new_tokens: int = 4, alignatt_frames: int = 4, cuda_graphs: bool | None = None):
+                 new_tokens: int = 4, alignatt_frames: int = 4, cuda_graphs: bool | None = None,
+                 graph_max_batch: int = 1024):
         from streamst.onnx_export import DecoderStepGraph, EncoderStepGraph, MemoryGraph
 
         self.device, self.dtype = resolve_device(device, dtype)
@@ -103,6 +104,9 @@ class DeviceScheduler:
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need --device cuda")
+        # a graph pays where launches dominate (small batches); above this many rows the encoder runs eagerly, so
+        # graphs' static copies of the caches stay small next to the slab
+        self.graph_max_batch = graph_max_batch
         self._graphs: dict[int, tuple] = {}
         self._pool = None
         self.slab: Slab | None = None
@@ -114,6 +118,8 @@ class DeviceScheduler:
         encoder cache) so the cost is that of the bounded steady state from the first step."""
         c, dev, dt = self.cfg, self.device, self.dtype
         self.slab = None  # free the previous streams' memory first
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
         rows = n + 1
         f1 = (c.n_mels - 3) // 2 + 1
         self.slab = Slab(
@@ -170,16 +176,17 @@ class DeviceScheduler:
         return tokens[:b], committed[:b]
 
     def _bucket(self, b: int) -> int:
-        """Batch size rounded up to 4 steps per power of two (at most 25% padding); exact on the CPU."""
-        if not self.cuda_graphs or b <= 8:
+        """Batch size rounded up to 4 steps per power of two (at most 25% padding) where a CUDA graph runs it;
+        exact on the CPU and above graph_max_batch."""
+        if not self.cuda_graphs or b <= 8 or b > self.graph_max_batch:
             return b
         step = 1 << (b.bit_length() - 3)
         return -(-b // step) * step
 
     def _encode(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        if not self.cuda_graphs:
-            return self.encoder_graph(*inputs)
         b = inputs[0].shape[0]
+        if not self.cuda_graphs or b > self.graph_max_batch:
+            return self.encoder_graph(*inputs)
         if b not in self._graphs:
             self._graphs[b] = self._capture(inputs)
         graph, static_in, static_out = self._graphs[b]

@@ -118,3 +118,18 @@ def test_bench_device_cuda_without_a_gpu_is_a_clear_error(tiny_model_path, capsy
 def test_bench_dtype_needs_a_device(tiny_model_path, capsys):
     assert main(["bench", "--dtype", "bfloat16", "--model", str(tiny_model_path)]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_bench_random_model_has_the_shape_asked_for_and_rejects_bad_fields(capsys):
+    assert main(["bench", "--json", "--quick", "--device", "cpu", "--max-streams", "2",
+                 "--random-model", "enc_layers=1,d_model=64,dec_layers=1"]) == 0
+    out = capsys.readouterr()
+    res = json.loads(out.out.strip().splitlines()[-1])
+    assert res["model"] == "random init, ModelConfig(enc_layers=1,d_model=64,dec_layers=1)"
+    assert "1-layer d=64 encoder, 1-layer decoder" in out.err
+    for spec, message in (("layers=3", "not KEY=VALUE"), ("d_model=wide", "needs an integer"),
+                          ("dropout=1", "not KEY=VALUE")):
+        assert main(["bench", "--random-model", spec]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["bench", "--random-model", "d_model=64", "--model", "en-de"]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -189,6 +189,29 @@ def test_init_encoder_copies_the_asr_encoder_ctc_tokenizer_and_cmvn(corpus, tmp_
     assert read_checkpoint(st / "model.pt")["config"]["d_model"] == 32
 
 
+def test_init_model_fine_tunes_every_weight_and_time_limit_stops_and_finishes(corpus, straight_run, tmp_path, capsys):
+    base = read_checkpoint(straight_run / "model.pt")
+    out = tmp_path / "ft"
+    # a near-zero learning rate and a limit already spent: the run stops at its first check, saves, averages and
+    # writes its card, with the whole model (shape options ignored), both tokenizers and CMVN of the start model
+    assert main(["train", "--corpus", str(corpus), "--out", str(out), *MICRO, "--d-model", "48", "--lr", "1e-12",
+                 "--steps", "1000", "--time-limit", "0.0001", "--dev-segments", "0",
+                 "--init-model", str(straight_run / "model.pt")]) == 0
+    ft = read_checkpoint(out / "model.pt")
+    assert ft["config"] == base["config"]
+    assert ft["src_tokenizer"] == base["src_tokenizer"] and ft["tgt_tokenizer"] == base["tgt_tokenizer"]
+    assert torch.equal(ft["cmvn_mean"], base["cmvn_mean"])
+    for k, v in base["state_dict"].items():
+        assert torch.allclose(ft["state_dict"][k], v, atol=1e-6), k
+    steps = ft["meta"]["steps"]
+    assert 0 <= steps < 5  # stopped by the clock, far short of --steps
+    assert "fine-tuned" in (out / "model.md").read_text()
+    assert f"--time-limit 0.0001 min reached at step {steps} of 1000" in capsys.readouterr().out
+    assert main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "both"), *MICRO, "--steps", "1",
+                 "--init-model", str(straight_run / "model.pt"), "--init-encoder", str(straight_run / "model.pt")]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_ctc_only_pretraining_leaves_the_decoder_alone_and_scores_the_ctc_head(corpus, tmp_path):
     root = tmp_path / "corpus"
     shutil.copytree(corpus / "en-de", root / "en-en")

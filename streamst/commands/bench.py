@@ -14,6 +14,7 @@ writes up to 4 greedy tokens per 320 ms chunk, so its cost is the same at 10 s a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import sys
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--model", help="model name or checkpoint (default: the first available model, "
                                         "else the default config at random init)")
+    parser.add_argument("--random-model", metavar="KEY=VALUE,...",
+                        help="bench a model at random init with these ModelConfig fields instead of a trained one, "
+                             "e.g. enc_layers=12,d_model=256 (speed depends on the shapes, not the weights)")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="onnx",
                         help="backend for rtf, chunk times and the scheduler (both are always timed for the ratio)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (for tests); 600 s is still reached")
@@ -83,13 +87,32 @@ def default_model():
     return random_model(), "default ModelConfig at random init (no trained model available; figures are about speed)"
 
 
-def random_model():
+def parse_config(spec: str) -> dict:
+    """'enc_layers=12,d_model=256' -> {'enc_layers': 12, 'd_model': 256}, checked against ModelConfig's int fields."""
+    from streamst.model import ModelConfig
+
+    fields = {name: f.type for name, f in ModelConfig.__dataclass_fields__.items()}
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields or fields[key] not in (int, "int"):
+            raise ValueError(f"--random-model: {item!r} is not KEY=VALUE with KEY one of the integer ModelConfig "
+                             f"fields ({', '.join(k for k, t in fields.items() if t in (int, 'int'))})")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise ValueError(f"--random-model: {key} needs an integer, not {value!r}") from None
+    return out
+
+
+def random_model(**overrides: int):
+    """A model of ModelConfig (with overrides) at random init and a toy tokenizer: for speed figures only."""
     from streamst.model import ModelConfig, SpeechTranslator
     from streamst.streaming_model import StreamingSpeechModel
     from streamst.tokenizer import Tokenizer
 
     torch.manual_seed(0)
-    cfg = ModelConfig(dropout=0.0)
+    cfg = ModelConfig(**{**overrides, "dropout": 0.0})
     words = [f"w{i} x{i % 17} y{i % 31}" for i in range(400)]
     tok = Tokenizer.train(words, vocab_size=cfg.tgt_vocab)
     return StreamingSpeechModel(SpeechTranslator(cfg), tok, tok, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels),
@@ -101,33 +124,39 @@ def pct(values, q) -> float:
 
 
 def stream_timings(model, positions_s: list[float], window: int) -> dict:
-    """Run one stream chunk by chunk to the last position; time the encoder on every chunk and the bounded
-    decoder on `window` chunks at each position. Returns {pos: {"enc": [...], "dec": [...]}} in seconds."""
+    """One stream run chunk by chunk to the last position, its state kept at each position; then `window` rounds
+    that time, for every position in turn (rotating the order), the encoder on the next chunk and the bounded
+    decoder, each position advancing its own copy of the state. Interleaving the positions puts the machine's
+    drift into all of them alike, so their ratio is the stream's own. Returns {pos: {"enc", "dec", "tokens"}} in s."""
     starts = {int(p / CHUNK_S): p for p in positions_s}
-    last = max(starts) + window
     state = model.init_state()
     memory = torch.zeros(0, model.net.cfg.d_model if hasattr(model, "net") else model.cfg.d_model)
     rng = np.random.default_rng(0)
     vocab = len(model.tokenizer)
     prefix = [int(t) for t in rng.integers(4, vocab, PREFIX_TOKENS)]
-    out = {p: {"enc": [], "dec": [], "tokens": []} for p in positions_s}
-    active = None
     audio = [synthetic_chunk(i) for i in range(64)]
-    for i in range(last):
+    kept = {}
+    for i in range(max(starts) + 1):
         if i in starts:
-            active = (starts[i], i + window)
-        t0 = time.perf_counter()
+            kept[starts[i]] = [copy.deepcopy(state), memory.clone(), i]
         frames, state = model.encode(audio[i % 64], state)
-        t1 = time.perf_counter()
         memory = torch.cat([memory, frames])[-MEMORY_FRAMES:]
-        if active and i < active[1]:
+    out = {p: {"enc": [], "dec": [], "tokens": []} for p in positions_s}
+    order = list(positions_s)
+    for r in range(window):
+        for p in order[r % len(order):] + order[:r % len(order)]:
+            st, mem, i = kept[p]
+            t0 = time.perf_counter()
+            frames, st = model.encode(audio[i % 64], st)
+            t1 = time.perf_counter()
+            mem = torch.cat([mem, frames])[-MEMORY_FRAMES:]
             t2 = time.perf_counter()
-            hyp = model.decode(memory, prefix, max_tokens=NEW_TOKENS)
+            hyp = model.decode(mem, prefix, max_tokens=NEW_TOKENS)
             t3 = time.perf_counter()
-            rec = out[active[0]]
-            rec["enc"].append(t1 - t0)
-            rec["dec"].append(t3 - t2)
-            rec["tokens"].append(len(hyp.tokens))
+            kept[p] = [st, mem, i + 1]
+            out[p]["enc"].append(t1 - t0)
+            out[p]["dec"].append(t3 - t2)
+            out[p]["tokens"].append(len(hyp.tokens))
     return out
 
 
@@ -240,7 +269,12 @@ def run(args: argparse.Namespace) -> int:
         resolve_device(args.device, args.dtype or "float32")  # fail before loading anything
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model:
+    if args.model and args.random_model:
+        raise ValueError("give --model or --random-model, not both")
+    if args.random_model:
+        overrides = parse_config(args.random_model)
+        torch_model, source = random_model(**overrides), f"random init, ModelConfig({args.random_model})"
+    elif args.model:
         torch_model, source = load_model(args.model), args.model
     else:
         torch_model, source = default_model()

@@ -40,6 +40,7 @@ class CardFacts:
     accum: int
     averaged: list[str] = field(default_factory=list)
     init_encoder: str = ""
+    init_model: str = ""  # a whole model this run fine-tuned
     dev_history: list[dict] = field(default_factory=list)  # {"step": n, metric: value}
     final_dev: dict = field(default_factory=dict)
     dev_segments: int = 0
@@ -74,6 +75,8 @@ def render_card(facts: CardFacts, model_file: Path | None = None) -> str:
     ]
     if facts.init_encoder:
         lines.append(f"- encoder and CTC head initialised from `{facts.init_encoder}`")
+    if facts.init_model:
+        lines.append(f"- every weight, both tokenizers and CMVN initialised from `{facts.init_model}` (fine-tuned)")
     lines += [
         "",
         "## Training",

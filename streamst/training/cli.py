@@ -22,7 +22,7 @@ MODEL_OPTIONS = {"d_model": "d_model", "heads": "n_heads", "enc_layers": "enc_la
                  "ff_mult": "ff_mult", "conv_kernel": "conv_kernel", "sub_channels": "sub_channels",
                  "chunk_frames": "chunk_frames", "left_frames": "left_frames", "dropout": "dropout"}
 # TrainConfig fields that fix the model and its tokenizers: a resumed run keeps them
-FIXED_ON_RESUME = ("pair", "src_vocab", "tgt_vocab", "init_encoder", "seed")
+FIXED_ON_RESUME = ("pair", "src_vocab", "tgt_vocab", "init_encoder", "init_model", "seed")
 DEFAULT_MAX_FRAMES = {"cpu": 6000, "cuda": 20000}
 
 
@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-smoothing", type=float, help="(default 0.1)")
     g.add_argument("--chunks", help="encoder attention chunks sampled in training, comma-separated (default 4,8,16,32)")
     g.add_argument("--seed", type=int, help="(default 0)")
+    g.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop this many minutes after starting (feature preparation included), then save, average "
+                        "and write the card as at --steps (for a lent machine's fixed budget)")
     g.add_argument("--device", help="auto, cpu or cuda (default auto: cuda when available; bf16 on GPU, fp32 on CPU)")
     m = p.add_argument_group("model")
     m.add_argument("--model-size", choices=sorted(SIZES), help="preset (default small); options below override it")
@@ -51,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--tgt-vocab", type=int, help="target SentencePiece vocabulary (default 1000)")
     m.add_argument("--init-encoder", metavar="CKPT",
                    help="start encoder, CTC head, source tokenizer and CMVN from this (ASR) model: the ASR-first recipe")
+    m.add_argument("--init-model", metavar="CKPT",
+                   help="start every weight, both tokenizers and CMVN from this streamst model of the same pair "
+                        "(fine-tuning: its shape replaces the model options)")
     o = p.add_argument_group("checkpoints and evaluation")
     o.add_argument("--save-every", type=int, help="updates between checkpoints (default 500)")
     o.add_argument("--keep-last", type=int, help="step checkpoints kept on disk (default 10; 0 keeps all)")
@@ -89,7 +95,8 @@ def build_config(args: argparse.Namespace):
     elif state.exists():
         raise ValueError(f"{out} already holds a run (last.state); pass --resume to continue it or choose another --out")
     given = _given(args, ("corpus", "pair", "steps", "max_frames", "accum", "lr", "warmup", "ctc_weight",
-                          "label_smoothing", "seed", "device", "src_vocab", "tgt_vocab", "init_encoder", "save_every",
+                          "label_smoothing", "seed", "device", "src_vocab", "tgt_vocab", "init_encoder", "init_model",
+                          "time_limit", "save_every",
                           "keep_last", "average_last", "dev_every", "dev_segments", "name"))
     if args.chunks:
         try:

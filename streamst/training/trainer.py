@@ -56,6 +56,8 @@ class TrainConfig:
     model: dict = field(default_factory=dict)  # ModelConfig overrides
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     init_encoder: str = ""  # ASR checkpoint whose encoder, CTC head, source tokenizer and CMVN start the model
+    init_model: str = ""  # streamst model whose every weight, both tokenizers and CMVN start the run (fine-tuning)
+    time_limit: float = 0.0  # minutes for this invocation (data preparation included), then save and finish as at --steps
     average_last: int = 0  # final model = mean of the last N step checkpoints (0 or 1: the last weights)
     keep_last: int = 0  # delete older step checkpoints beyond this many (0 keeps all)
     dev_every: int = 0  # dev BLEU/WER every N steps (0: only at the end)
@@ -206,7 +208,10 @@ def _tokenizers_and_cmvn(cfg: TrainConfig, out: Path, items, init: dict | None):
             src_tok = Tokenizer(init["src_tokenizer"])
         else:
             src_tok = Tokenizer.train([s for _, s, _ in items], cfg.src_vocab)
-        tgt_tok = src_tok if same else Tokenizer.train([t for _, _, t in items], cfg.tgt_vocab)
+        if cfg.init_model:
+            tgt_tok = Tokenizer(init["tgt_tokenizer"])
+        else:
+            tgt_tok = src_tok if same else Tokenizer.train([t for _, _, t in items], cfg.tgt_vocab)
     if init is not None:
         mean, std = init["cmvn_mean"].float(), init["cmvn_std"].float()
     else:
@@ -254,6 +259,7 @@ def _progress_bar(cfg: TrainConfig, rt: Runtime, start: int):
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) training; returns the path of the final checkpoint."""
+    started = time.time()  # --time-limit counts from here, data preparation included
     rt = start_runtime(cfg.device)
     out = Path(cfg.out)
     bar = None
@@ -270,10 +276,20 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
 
     state_path = out / "last.state"
     init = None
+    if cfg.init_encoder and cfg.init_model:
+        raise ValueError("give --init-encoder or --init-model, not both")
     if cfg.init_encoder and not (state_path.exists() and not Path(cfg.init_encoder).exists()):
         init = load_encoder_init(cfg.init_encoder)
         model_config(cfg, 1, 1, init, say)  # reports options the encoder overrides
         cfg.model = {**cfg.model, **{k: init["config"][k] for k in ENCODER_FIELDS}}  # a resume needs no init file
+    full_init = None
+    if cfg.init_model and not (state_path.exists() and not Path(cfg.init_model).exists()):
+        full_init = init = load_encoder_init(cfg.init_model)
+        if init.get("task") == "asr" and cfg.pair.split("-")[0] != cfg.pair.split("-")[1]:
+            raise ValueError(f"--init-model {cfg.init_model} is an ASR model; use --init-encoder to start a "
+                             f"{cfg.pair} model from it")
+        keep = {k: v for k, v in init["config"].items() if k not in ("src_vocab", "tgt_vocab", "dropout")}
+        cfg.model = {**cfg.model, **keep}  # the whole shape comes from the model being fine-tuned
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(cfg.__dict__, indent=1, default=list))
@@ -287,7 +303,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     data = [(f, src_tok.encode(s), tgt_tok.encode(t)) for f, s, t in items]
     mcfg = model_config(cfg, len(src_tok), len(tgt_tok), init, say)
     net = SpeechTranslator(mcfg)
-    if init is not None:
+    if full_init is not None:
+        net.load_state_dict({k: v.float() for k, v in full_init["state_dict"].items()})
+    elif init is not None:
         _copy_encoder(net, init)
     net.to(rt.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -356,12 +374,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     bar = _progress_bar(cfg, rt, step)
     net.train()
     seen, ema = 0, None
-    while step < cfg.steps:
+    deadline = started + cfg.time_limit * 60.0 if cfg.time_limit > 0 else math.inf
+    while step < cfg.steps and time.time() < deadline:
         batches = bucket_batches(lengths, cfg.max_frames, random.Random(cfg.seed * 1000 + epoch))
         if len(batches) < rt.world:
             raise ValueError(f"only {len(batches)} batches for {rt.world} processes: lower --max-frames")
         usable = len(batches) // rt.world * rt.world
-        while batch_pos + rt.world <= usable and step < cfg.steps:
+        while batch_pos + rt.world <= usable and step < cfg.steps and not _past(deadline, rt):
             idx = batches[batch_pos + rt.rank]
             b = collate([(((data[i][0].float() - mean) / std), data[i][1], data[i][2]) for i in idx],
                         tgt_tok.bos, tgt_tok.eos)
@@ -404,6 +423,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     if bar is not None:
         bar.close()
         bar = None
+    if step < cfg.steps:
+        say(f"--time-limit {cfg.time_limit:g} min reached at step {step} of {cfg.steps}")
     net.eval()
     final = out / "model.pt"
     if rt.main:
@@ -412,6 +433,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
                         batch_pos, elapsed_before + time.time() - t0, mcfg, say)
     rt.barrier()
     return final
+
+
+def _past(deadline: float, rt: Runtime) -> bool:
+    """Whether --time-limit is spent; every process of a torchrun job takes rank 0's answer, so all stop together."""
+    if rt.world == 1:
+        return time.time() >= deadline
+    flag = torch.tensor([time.time() >= deadline], dtype=torch.int32, device=rt.device)
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _dev_set(cfg: TrainConfig, rt: Runtime, mean, std, say) -> list[tuple[torch.Tensor, str]]:
@@ -466,7 +496,7 @@ def _finish(cfg, out, net, dev, dev_history, task, tgt_tok, rt, skipped, lengths
         epochs=epoch + batch_pos / max(1, n_batches), train_seconds=seconds,
         hardware=hardware_description(rt.device, rt.world),
         precision="bf16 autocast" if rt.device.type == "cuda" else "fp32", batch_frames=cfg.max_frames,
-        accum=cfg.accum, averaged=averaged, init_encoder=cfg.init_encoder, dev_history=dev_history,
+        accum=cfg.accum, averaged=averaged, init_encoder=cfg.init_encoder, init_model=cfg.init_model, dev_history=dev_history,
         final_dev=final_dev, dev_segments=len(dev), command=cfg.command,
     )
     card = write_card(out / "model.md", facts, final)
