@@ -38,6 +38,13 @@ class WaitK:
             return int(view.source_ms // self.chunk_ms)
         return view.chunks
 
+    def max_commit_words(self, view: PolicyView, state: Any) -> int | None:
+        """Words `decide` may commit now, known before decoding (the session decodes no further than that plus
+        its partial caption); None at the end of the stream or when source words come from CTC."""
+        if view.finished or self.unit == "word":
+            return None
+        return max(0, self._source_units(view) - self.k - len(view.committed))
+
     def decide(self, view: PolicyView, state: Any) -> tuple[Decision, Any]:
         cand = view.candidate
         if view.finished:

@@ -19,6 +19,14 @@ def repeats_at_end(tokens: list[int], max_ngram: int = 4, times: int = 3) -> boo
     return False
 
 
+def past_word_limit(tokens: list[int], max_words: int | None, word_start_ids: frozenset[int]) -> bool:
+    """True once a continuation has begun word `max_words + 1`, so it holds `max_words` whole words; its first
+    token always begins a word, as the session counts them. None: no limit."""
+    if max_words is None:
+        return False
+    return sum(1 for i, t in enumerate(tokens) if i == 0 or t in word_start_ids) > max_words
+
+
 @torch.inference_mode()
 def decode(
     decoder: Decoder,
@@ -30,23 +38,27 @@ def decode(
     beam: int = 1,
     max_tokens: int = 64,
     length_penalty: float = 1.0,
+    max_words: int | None = None,
+    word_start_ids: frozenset[int] = frozenset(),
 ) -> Hypothesis:
     """Continue after `prefix` over `memory` [T, d]. Attention rows are those of the decoder position that
-    predicted each token, shaped [layers, heads, n_tokens, T]; `prefix_attention` likewise for the prefix."""
+    predicted each token, shaped [layers, heads, n_tokens, T]; `prefix_attention` likewise for the prefix.
+    Greedy decoding stops once `max_words` whole words are written (the policy can commit no more this chunk);
+    beam search ignores the bound (its best hypothesis is only known at the end)."""
     mem_kv = decoder.project_memory(memory.unsqueeze(0))
     start = torch.tensor([[bos] + prefix], device=memory.device)
     logits, caches, attn = decoder(start, mem_kv)
     prefix_attn = attn[:, 0, :, :-1] if prefix else None  # positions that predicted the prefix tokens
     logp = logits[0, -1].log_softmax(-1)
     if beam <= 1:
-        hyp = _greedy(decoder, mem_kv, caches, logp, attn[:, 0, :, -1:], eos, max_tokens)
+        hyp = _greedy(decoder, mem_kv, caches, logp, attn[:, 0, :, -1:], eos, max_tokens, max_words, word_start_ids)
     else:
         hyp = _beam(decoder, mem_kv, caches, logp, attn[:, 0, :, -1:], eos, max_tokens, beam, length_penalty)
     hyp.prefix_attention = prefix_attn
     return hyp
 
 
-def _greedy(decoder, mem_kv, caches, logp, last_attn, eos, max_tokens) -> Hypothesis:
+def _greedy(decoder, mem_kv, caches, logp, last_attn, eos, max_tokens, max_words, word_start_ids) -> Hypothesis:
     tokens: list[int] = []
     rows: list[Tensor] = []
     score = 0.0
@@ -59,7 +71,7 @@ def _greedy(decoder, mem_kv, caches, logp, last_attn, eos, max_tokens) -> Hypoth
         score += float(logp[tok])
         tokens.append(tok)
         rows.append(last_attn)
-        if repeats_at_end(tokens):
+        if repeats_at_end(tokens) or past_word_limit(tokens, max_words, word_start_ids):
             break
         logits, caches, attn = decoder(torch.tensor([[tok]], device=logp.device), mem_kv, caches=caches)
         logp = logits[0, -1].log_softmax(-1)

@@ -31,6 +31,7 @@ class DecodeRequest:
     prefix: list[int]
     beam: int
     max_tokens: int
+    max_words: int | None = None  # whole words the continuation needs (what the policy may commit + the partial)
 
 
 class Session:
@@ -45,6 +46,7 @@ class Session:
         chunk_ms: float = 320.0,
         beam: int = 1,
         max_new_tokens: int = 64,
+        partial_words: int | None = 3,
         clock=time.perf_counter,
     ):
         if beam < 1:
@@ -52,6 +54,9 @@ class Session:
         self.model, self.policy = model, policy
         self.chunker = Chunker(audio_format, chunk_ms)
         self.chunk_ms, self.beam, self.max_new_tokens, self.clock = chunk_ms, beam, max_new_tokens, clock
+        # words decoded beyond what the policy may commit, shown as the partial caption (None: decode the whole
+        # continuation every chunk, as before policies could bound it)
+        self.partial_words = partial_words
         self.enc_state = model.init_state()
         self.memory: torch.Tensor | None = None  # encoder frames the decoder attends to
         self.frames_dropped = 0  # frames forgotten from the front of the memory (StreamAtt)
@@ -128,7 +133,18 @@ class Session:
             return None
         prefix = [t for word in self.history for t in word]
         budget = min(self.max_new_tokens, self.memory.shape[0] // 2 + 8)
-        return DecodeRequest(self.memory, prefix, self.beam, budget)
+        words = self._commit_bound(final)
+        return DecodeRequest(self.memory, prefix, self.beam, budget,
+                             None if words is None else words + self.partial_words)
+
+    def _commit_bound(self, final: bool) -> int | None:
+        """The most words the policy can commit on this chunk, before seeing the continuation (None: unknown)."""
+        bound = getattr(self.policy, "max_commit_words", None)
+        if bound is None or self.partial_words is None:
+            return None
+        view = PolicyView(candidate=Candidate([], []), committed=list(self.words), frames=self.memory.shape[0],
+                          frame_ms=self.model.frame_ms, source_ms=self.source_ms, chunks=self.chunks, finished=final)
+        return bound(view, self.policy_state)
 
     def commit(self, request: DecodeRequest, hyp: Hypothesis, final: bool, t0: float, shared_s: float = 0.0) -> list[Event]:
         """Run the policy on the decoder's continuation and emit the committed words and the partial tail.
@@ -188,7 +204,8 @@ class Session:
         events: list[Event] = []
         request = self.decode_request(final)
         if request is not None:
-            hyp = self.model.decode(request.memory, request.prefix, beam=request.beam, max_tokens=request.max_tokens)
+            hyp = self.model.decode(request.memory, request.prefix, beam=request.beam, max_tokens=request.max_tokens,
+                                    max_words=request.max_words)
             events = self.commit(request, hyp, final, t0)
         self.compute_s += self.clock() - t0
         return events

@@ -51,8 +51,10 @@ class SpeechModel(Protocol):
         """Forget the first n frames of the memory (StreamAtt); a no-op for appending encoders."""
         ...
 
-    def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64) -> Hypothesis:
-        """Force `prefix` (target token ids of the kept history), then continue greedily or with beam search."""
+    def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
+               max_words: int | None = None) -> Hypothesis:
+        """Force `prefix` (target token ids of the kept history), then continue greedily or with beam search;
+        greedy decoding stops once `max_words` whole words are written (None: no such bound)."""
         ...
 
     def ctc_words(self, memory: torch.Tensor) -> int | None:

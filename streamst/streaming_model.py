@@ -60,8 +60,11 @@ class StreamingSpeechModel:
     def drop_frames(self, state: StreamState, n: int) -> StreamState:
         return state  # the encoder's caches are already bounded; the session trims its memory
 
-    def decode(self, memory: Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64) -> Hypothesis:
-        return decode(self.net.decoder, memory, prefix, self.tokenizer.bos, self.tokenizer.eos, beam=beam, max_tokens=max_tokens)
+    def decode(self, memory: Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
+               max_words: int | None = None) -> Hypothesis:
+        tok = self.tokenizer
+        return decode(self.net.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
+                      max_words=max_words, word_start_ids=tok.word_start_ids)
 
     @torch.inference_mode()
     def ctc_tokens(self, memory: Tensor) -> list[int]:

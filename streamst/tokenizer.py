@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from functools import cached_property
 from typing import Iterable
 
 import sentencepiece as spm
@@ -28,6 +29,11 @@ class Tokenizer:
 
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
+
+    @cached_property
+    def word_start_ids(self) -> frozenset[int]:
+        """Ids whose piece begins a word: what bounds a continuation to whole words (`decoding.past_word_limit`)."""
+        return frozenset(i for i in range(len(self)) if self.sp.id_to_piece(i).startswith(WORD_START))
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.sp.id_to_piece(int(i)) for i in ids]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +227,47 @@ def test_every_policy_commits_sensible_words_through_the_session(tiny_model, tin
     assert hits / total >= 0.5  # a tiny overfit model guesses memorised sentences from early audio
     if spec != "offline":
         assert early >= 4  # words are committed before the end of the stream
+
+
+def _counting(model):
+    """The model with its decode calls recorded as (max_words, tokens written)."""
+    calls = []
+    decode = model.decode
+
+    def counted(memory, prefix, **kw):
+        hyp = decode(memory, prefix, **kw)
+        calls.append((kw.get("max_words"), len(hyp.tokens)))
+        return hyp
+
+    model.decode = counted
+    return calls
+
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+@pytest.mark.skipif(not (LIBRIVOX / "fileids").exists(), reason="real speech absent: apt-get install pocketsphinx-testdata")
+def test_waitk_decodes_only_the_words_it_may_commit_and_commits_the_same_words():
+    """A shipped model on 20 s of real speech: bounding each chunk's continuation to the words wait-k may commit
+    (plus three for the partial caption) leaves every committed word and its timing unchanged, and decodes far
+    fewer tokens (this weak model otherwise runs on to its token budget)."""
+    from streamst.checkpoint import load_model
+
+    audio = np.concatenate([read_wav(LIBRIVOX / f"{name}.wav")[0]
+                            for name in (LIBRIVOX / "fileids").read_text().split()])
+    runs = {}
+    for partial in (3, None):
+        model = load_model("en-de")
+        calls = _counting(model)
+        s = Session(model, parse_policy("waitk:k=3"), partial_words=partial, clock=lambda: 0.0)
+        events = []
+        for i in range(0, audio.size, 5120):
+            events += s.push(audio[i:i + 5120])
+        events += s.finish()
+        runs[partial] = ([(w.text, w.emitted_ms) for w in events if isinstance(w, Word)], calls)
+    (bounded, bounded_calls), (full, full_calls) = runs[3], runs[None]
+    assert bounded == full and len(bounded) >= 20
+    assert all(words is None for words, _ in full_calls)
+    assert bounded_calls[-1][0] is None  # the end of the stream flushes the whole continuation
+    assert all(words is not None and words >= 3 for words, _ in bounded_calls[:-1])
+    assert sum(n for _, n in bounded_calls) < 0.7 * sum(n for _, n in full_calls)

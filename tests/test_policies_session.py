@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamst.decoding import past_word_limit
 from streamst.events import Word
 from streamst.policies import parse_policy
 from streamst.session import Session
@@ -87,7 +88,8 @@ class ScriptedModel:
             rows[r, min(max(self.script_frames[i] - first, 0), n_frames - 1)] = 0.6
         return rows[None, None]  # [layers, heads, tokens, frames]
 
-    def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64) -> Hypothesis:
+    def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
+               max_words: int | None = None) -> Hypothesis:
         first, last = int(memory[0, 0]), int(memory[-1, 0])
         if prefix:
             nxt = prefix[-1] + 1
@@ -96,6 +98,9 @@ class ScriptedModel:
         heard = [i for i in range(nxt, len(self.script_frames)) if self.script_frames[i] <= last]
         tokens = heard + ([nxt + len(heard)] if nxt + len(heard) < len(self.script_frames) else [])  # one guess
         tokens = tokens[:max_tokens]
+        starts = frozenset(i for i, p in enumerate(self.tokenizer._pieces) if p.startswith(W))
+        tokens = next((tokens[:n] for n in range(1, len(tokens) + 1) if past_word_limit(tokens[:n], max_words, starts)),
+                      tokens)  # what greedy decoding under the session's word bound would stop at
         return Hypothesis(
             tokens=tokens,
             attention=self._rows(tokens, first, memory.shape[0]),

@@ -7,7 +7,7 @@ tokenizer.json is available; decoding needs only the vocabulary.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Iterable
 
 WORD_START = "\u2581"
@@ -124,6 +124,11 @@ class WhisperTokenizer:
         """The piece of one id, with a leading "Ġ" (space) shown as the word-start marker "▁"."""
         p = self.vocab[int(i)]
         return WORD_START + p[1:] if p.startswith("Ġ") else p
+
+    @cached_property
+    def word_start_ids(self) -> frozenset[int]:
+        """Text ids whose piece begins with a space: what bounds a continuation to whole words."""
+        return frozenset(i for i, p in enumerate(self.vocab[: self.eot]) if p.startswith("Ġ"))
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.piece(i) for i in ids]
