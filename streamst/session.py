@@ -46,6 +46,7 @@ class Session:
         chunk_ms: float = 320.0,
         beam: int = 1,
         max_new_tokens: int = 64,
+        max_tokens_per_s: float | None = 25.0,
         partial_words: int | None = 3,
         clock=time.perf_counter,
     ):
@@ -54,6 +55,11 @@ class Session:
         self.model, self.policy = model, policy
         self.chunker = Chunker(audio_format, chunk_ms)
         self.chunk_ms, self.beam, self.max_new_tokens, self.clock = chunk_ms, beam, max_new_tokens, clock
+        # the whole stream writes at most 16 + max_tokens_per_s * seconds heard (fairseq's max_len_a/b, per second):
+        # a model that runs away on audio unlike its training data cannot grow the forced prefix without bound
+        # (None: no such bound; the final call is then capped at one token per memory frame + 16)
+        self.max_tokens_per_s = max_tokens_per_s
+        self.tokens_committed = 0
         # words decoded beyond what the policy may commit, shown as the partial caption (None: decode the whole
         # continuation every chunk, as before policies could bound it)
         self.partial_words = partial_words
@@ -132,7 +138,12 @@ class Session:
         if not final and getattr(self.policy, "writes_only_at_end", False):
             return None
         prefix = [t for word in self.history for t in word]
-        budget = min(self.max_new_tokens, self.memory.shape[0] // 2 + 8)
+        if self.max_tokens_per_s is None:
+            allowance = self.memory.shape[0] + 16
+        else:
+            allowance = max(0, int(self.max_tokens_per_s * self.source_ms / 1000.0) + 16 - self.tokens_committed)
+        # mid-stream a chunk's call is also capped (its cost); the final call may write all the stream has left
+        budget = allowance if final else min(self.max_new_tokens, self.memory.shape[0] // 2 + 8, allowance)
         words = self._commit_bound(final)
         return DecodeRequest(self.memory, prefix, self.beam, budget,
                              None if words is None else words + self.partial_words)
@@ -181,6 +192,7 @@ class Session:
             events.append(Word(text, self.source_ms, compute_ms, *span))
             self.words.append(text)
             self.history.append(list(hyp.tokens[a:b]))
+            self.tokens_committed += b - a
         if decision.keep_words is not None and not final:
             self.history = self.history[-decision.keep_words:] if decision.keep_words > 0 else []
         if decision.drop_frames > 0 and not final:

@@ -271,3 +271,39 @@ def test_waitk_decodes_only_the_words_it_may_commit_and_commits_the_same_words()
     assert bounded_calls[-1][0] is None  # the end of the stream flushes the whole continuation
     assert all(words is not None and words >= 3 for words, _ in bounded_calls[:-1])
     assert sum(n for _, n in bounded_calls) < 0.7 * sum(n for _, n in full_calls)
+
+
+def _librivox() -> np.ndarray:
+    return np.concatenate([read_wav(LIBRIVOX / f"{name}.wav")[0] for name in (LIBRIVOX / "fileids").read_text().split()])
+
+
+@pytest.mark.skipif(not (LIBRIVOX / "fileids").exists(), reason="real speech absent: apt-get install pocketsphinx-testdata")
+def test_a_runaway_model_cannot_grow_the_committed_text_past_the_length_bound():
+    """The shipped en-de on real speech (unlike its synthetic training data) commits hallucinated text under
+    AlignAtt; the session caps the stream at 16 + 25 tokens per second heard, so the forced prefix (and each
+    chunk's cost) grows no faster than the audio. Unbounded, the same stream commits several times more."""
+    from streamst.checkpoint import load_model
+
+    audio = _librivox()
+    model = load_model("en-de")
+    committed = {}
+    for rate in (25.0, None):
+        s = Session(model, parse_policy("alignatt:frames=4"), max_tokens_per_s=rate)
+        for i in range(0, audio.size, 5120):
+            s.push(audio[i:i + 5120])
+            assert rate is None or s.tokens_committed <= 16 + rate * s.source_ms / 1000.0
+        s.finish()
+        committed[rate] = s.tokens_committed
+    assert committed[None] > 2 * committed[25.0]
+
+
+@pytest.mark.skipif(not (LIBRIVOX / "fileids").exists(), reason="real speech absent: apt-get install pocketsphinx-testdata")
+def test_the_final_flush_is_not_cut_at_the_per_chunk_token_cap():
+    """Offline decoding of 20 s of speech with the character-level en-asr needs hundreds of tokens: the end of
+    the stream may write them all (the 64-token cap bounds mid-stream chunks only)."""
+    from streamst.checkpoint import load_model
+
+    s = Session(load_model("en-asr"), parse_policy("offline"))
+    s.push(_librivox())
+    words = [e.text for e in s.finish() if isinstance(e, Word)]
+    assert s.tokens_committed > 64 * 2 and len(words) > 30
