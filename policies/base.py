@@ -43,8 +43,6 @@ class PolicyView:
     chunks: int  # chunks read so far
     finished: bool  # the stream has ended: the session will flush whatever is left after this
     source_words: int | None = None  # words in the source so far, estimated from CTC (None if unknown)
-    prefix_attention: np.ndarray | None = None  # [layers, heads, n_prefix_tokens, frames] of the forced prefix
-    prefix_pieces: list[str] = dataclasses.field(default_factory=list)  # pieces of the forced prefix
     # The forced decoder prefix (the kept committed history) and its cross-attention over the current memory,
     # [layers, heads, len(prefix_pieces), frames], from the same decoder pass as the candidate. StreamAtt
     # needs it to find the earliest frame the kept history attends to; None if the model exposes none.
@@ -66,6 +64,10 @@ class Decision:
 
 
 class Policy(Protocol):
+    """A read/write policy. Optionally it also has `max_commit_words(view, state) -> int | None`: the most words
+    `decide` can commit on this chunk, known before decoding (the view's candidate is empty); the session then
+    decodes only that many words plus its partial caption (wait-k has it; attention policies need the tokens)."""
+
     name: str
 
     def init_state(self) -> Any: ...
