@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from streamst.audio import read_audio
-from streamst.batch_steps import encode_many, greedy_many
+from streamst.batching.steps import encode_many, greedy_many
 from streamst.decoding import decode
 from streamst.events import Word
 from streamst.policies import parse_policy

@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("onnx")
 
-from streamst.bench_device import BatchedFbank, DeviceScheduler, audio_bank  # noqa: E402
+from streamst.batching.device import BatchedFbank, DeviceScheduler, audio_bank  # noqa: E402
 from streamst.cli import main  # noqa: E402
 from streamst.features import fbank  # noqa: E402
-from streamst.scheduler_batch import BatchScheduler, StepRunner  # noqa: E402
+from streamst.batching.simulated import BatchScheduler, StepRunner  # noqa: E402
 
 KEYS = ["rtf", "chunk_ms_p95_10s", "chunk_ms_p95_600s", "recompute_over_cached_60s", "onnx_over_torch_speedup",
         "max_realtime_streams", "peak_rss_mb", "int8_rtf", "int8_over_fp32_speedup"]

@@ -15,7 +15,7 @@ from streamst.events import Word  # noqa: E402
 from streamst.onnx_backend import load_onnx_model  # noqa: E402
 from streamst.onnx_export import export_onnx  # noqa: E402
 from streamst.policies import parse_policy  # noqa: E402
-from streamst.scheduler_batch import BatchScheduler, StepRunner, greedy_batch  # noqa: E402
+from streamst.batching.simulated import BatchScheduler, StepRunner, greedy_batch  # noqa: E402
 from streamst.session import Session  # noqa: E402
 from streamst.testing import read_wav  # noqa: E402
 

@@ -6,7 +6,7 @@ single-stream real-time factor; how many real-time streams the batching schedule
 under 300 ms, simulated on a virtual clock with the real batched compute); peak RSS; and what int8 costs:
 the int8 export's speed and its committed words against fp32 onnx and torch on real speech (the shipped sample,
 or --quality-data).
-With --device (cpu or cuda) it measures the device scheduler instead (streamst.bench_device): every stream's
+With --device (cpu or cuda) it measures the device scheduler instead (streamst.batching.device): every stream's
 state on the device, batched features, encoder and decoder steps in --dtype, AlignAtt, CUDA graphs on a GPU.
 The decoder works on a bounded context (the last 10 s of encoder frames, the last 16 prefix tokens) and
 writes up to 4 greedy tokens per 320 ms chunk, so its cost is the same at 10 s and at 600 s by design.
@@ -258,13 +258,13 @@ def run(args: argparse.Namespace) -> int:
     from streamst.checkpoint import load_model
     from streamst.onnx_backend import load_onnx_model
     from streamst.onnx_export import export_onnx
-    from streamst.scheduler_batch import BatchScheduler, StepRunner
+    from streamst.batching.simulated import BatchScheduler, StepRunner
 
     t_start = time.perf_counter()
     if args.dtype and not args.device:
         raise ValueError("--dtype applies to the device scheduler: give --device cpu or --device cuda")
     if args.device:
-        from streamst.bench_device import resolve_device
+        from streamst.batching.device import resolve_device
 
         resolve_device(args.device, args.dtype or "float32")  # fail before loading anything
     if args.threads:
@@ -396,7 +396,7 @@ def int8_quality(args: argparse.Namespace, models: dict, log) -> dict:
 
 def run_device(args: argparse.Namespace, torch_model, source: str, log) -> dict:
     """The device scheduler: single-stream chunk time, step time by batch size, real-time streams."""
-    from streamst.bench_device import DeviceScheduler, simulate, time_batches
+    from streamst.batching.device import DeviceScheduler, simulate, time_batches
 
     cuda = args.device.startswith("cuda")
     dtype = args.dtype or ("bfloat16" if cuda else "float32")

@@ -1,5 +1,5 @@
 """The batching scheduler: every stream's chunks share the model through one worker that steps all streams with
-a chunk ready as one batch (`streamst.batch_sessions.step_sessions`: stacked encoder states, batched greedy
+a chunk ready as one batch (`streamst.batching.sessions.step_sessions`: stacked encoder states, batched greedy
 decoding, per-stream policies).
 
 Same interface as `streamst.server.scheduler.Scheduler` (`await push`, `await finish`, `close`). A round takes
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from streamst.batch_sessions import step_sessions
+from streamst.batching.sessions import step_sessions
 
 
 @dataclass(eq=False)

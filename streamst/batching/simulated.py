@@ -6,7 +6,7 @@ streams of different ages, memory lengths and prefixes share a batch.
 scheduler and the bench compare both backends on the same code.
 
 This is `streamst bench`'s model of a batch (greedy tokens on a bounded context, no policy). The server batches
-real `Session`s, policies included, through `streamst.batch_sessions` and `streamst.server.batching`.
+real `Session`s, policies included, through `streamst.batching.sessions` and `streamst.server.batching`.
 """
 from __future__ import annotations
 

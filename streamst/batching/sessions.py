@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamst.batch_steps import can_batch, encode_many, greedy_many
+from streamst.batching.steps import can_batch, encode_many, greedy_many
 from streamst.events import Event
 from streamst.session import DecodeRequest, Session
 
