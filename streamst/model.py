@@ -287,9 +287,21 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(d, d)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None, pad_mask: Tensor | None = None):
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None, pad_mask: Tensor | None = None,
+                slots: tuple[Tensor, Tensor, Tensor] | None = None):
+        """Causal self-attention over the cache and x. With `slots` = (key buffer, value buffer, lens), x holds
+        one token per row: its key/value go into slot lens[i] of row i's buffers [B, H, room, dk] and it
+        attends to slots 0..lens[i] (batched decoding of rows at different positions, no copy per token)."""
         b, t, _ = x.shape
         q, k, v = (z.view(b, t, self.h, self.dk).transpose(1, 2) for z in self.qkv(x).chunk(3, dim=-1))
+        if slots is not None:
+            kb, vb, lens = slots
+            rows = torch.arange(b, device=x.device)
+            kb[rows, :, lens], vb[rows, :, lens] = k[:, :, 0], v[:, :, 0]
+            keys = int(lens.max()) + 1
+            mask = (torch.arange(keys, device=x.device)[None, :] <= lens[:, None])[:, None, None, :]
+            y = F.scaled_dot_product_attention(q, kb[:, :, :keys], vb[:, :, :keys], attn_mask=mask)
+            return self.out(y.transpose(1, 2).reshape(b, t, -1)), (kb, vb)
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         s = k.shape[2]
@@ -313,8 +325,8 @@ class DecoderLayer(nn.Module):
         self.ff = FeedForward(d, cfg.ff_mult, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, mem_kv, mem_mask, cache=None, pad_mask=None):
-        a, cache = self.self_attn(self.self_norm(x), cache, pad_mask)
+    def forward(self, x, mem_kv, mem_mask, cache=None, pad_mask=None, slots=None):
+        a, cache = self.self_attn(self.self_norm(x), cache, pad_mask, slots)
         x = x + self.drop(a)
         c, w = self.cross_attn(self.cross_norm(x), mem_kv, mem_mask)
         x = x + self.drop(c)

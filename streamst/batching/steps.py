@@ -235,21 +235,9 @@ def _prefix_pass(decoder: Decoder, tokens: Tensor, last: Tensor, mem_kv, mem_mas
 def _decoder_step(decoder: Decoder, tokens: Tensor, lens: Tensor, mem_kv, mem_mask, buffers):
     """`Decoder.forward` for one new token per row at position `lens[i]`; its key/value go into slot `lens[i]` of
     the row's buffers, and it attends to slots 0..lens[i]. Returns logits [B, 1, V] and cross-attention."""
-    b = tokens.shape[0]
-    rows = torch.arange(b)
     x = decoder.inputs(tokens, lens[:, None])
-    keys = int(lens.max()) + 1
-    mask = (torch.arange(keys)[None, :] <= lens[:, None])[:, None, None, :]  # [B, 1, 1, keys]
     attn = []
     for layer, (kb, vb), layer_mem in zip(decoder.layers, buffers, mem_kv):
-        sa = layer.self_attn
-        q, k, v = (z.view(b, 1, sa.h, sa.dk).transpose(1, 2) for z in sa.qkv(layer.self_norm(x)).chunk(3, dim=-1))
-        kb[rows, :, lens] = k[:, :, 0]
-        vb[rows, :, lens] = v[:, :, 0]
-        y = F.scaled_dot_product_attention(q, kb[:, :, :keys], vb[:, :, :keys], attn_mask=mask)
-        x = x + sa.out(y.transpose(1, 2).reshape(b, 1, -1))
-        c, w = layer.cross_attn(layer.cross_norm(x), layer_mem, mem_mask)
-        x = x + c
-        x = x + layer.ff(x)
+        x, _, w = layer(x, layer_mem, mem_mask, slots=(kb, vb, lens))
         attn.append(w)
     return decoder.logits(x), torch.stack(attn)
