@@ -27,8 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from streamst.server.protocol import (
-    Audio, Close, CloseConnection, Finish, Limits, Marker, ModelInfo, Open, Reconfigure, Send, ServerProtocol, State,
-    error_message,
+    DEFAULT_POLICY, Audio, Close, CloseConnection, Finish, Limits, Marker, ModelInfo, Open, Reconfigure, Send,
+    ServerProtocol, State, error_message,
 )
 from streamst.server.scheduler import Scheduler
 
@@ -45,7 +45,7 @@ def default_origins(host: str, port: int) -> set[str]:
 @dataclass
 class ServerConfig:
     model_name: str
-    default_policy: str = "waitk:k=3"
+    default_policy: str = DEFAULT_POLICY
     chunk_ms: int = 320
     limits: Limits = field(default_factory=Limits)
     token: str | None = None

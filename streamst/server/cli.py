@@ -9,7 +9,7 @@ import ssl as ssl_lib
 import sys
 from pathlib import Path
 
-from streamst.server.protocol import Limits
+from streamst.server.protocol import DEFAULT_POLICY, Limits
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port for WebSocket and HTTP (0: any free port)")
     parser.add_argument("--model", default=os.environ.get("STREAMST_MODEL"),
                         help="model name (see `streamst models`) or checkpoint path")
-    parser.add_argument("--policy", default="waitk:k=3", help="default policy spec, e.g. waitk:k=3")
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help=f"default policy spec (default {DEFAULT_POLICY}: bounded text and audio history, for "
+                             "endless streams; e.g. waitk:k=3 for short ones)")
     parser.add_argument("--chunk-ms", type=int, default=320, help="default chunk length in ms")
     parser.add_argument("--max-streams", type=int, default=d.max_streams, help="open streams server-wide")
     parser.add_argument("--max-streams-per-client", type=int, default=d.max_streams_per_client,

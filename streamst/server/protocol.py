@@ -48,6 +48,12 @@ ERROR_CLOSE = {
 }
 
 
+# Captions are endless streams: StreamAtt keeps both the forced text history and the audio memory bounded, so a
+# stream's per-chunk cost stays flat; wait-k and AlignAtt re-read the whole committed text every chunk, and the
+# decoder's position table (512 tokens) ends after a few minutes of speech.
+DEFAULT_POLICY = "streamatt:frames=4,history_words=20"
+
+
 @dataclass(frozen=True)
 class Limits:
     """Every limit the server enforces; all configurable, all listed in docs/protocol.md."""
@@ -81,7 +87,7 @@ class ModelInfo:
     task: str | None = None  # "asr" / "st"; None accepts any request
     source_lang: str | None = None
     target_lang: str | None = None
-    default_policy: str = "waitk:k=3"
+    default_policy: str = DEFAULT_POLICY
     default_chunk_ms: int = 320
 
 
