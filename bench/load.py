@@ -139,7 +139,7 @@ def main() -> int:
     ap.add_argument("--schedulers", default="batch,threads", help="comma-separated: batch, threads")
     ap.add_argument("--audio", help="audio to stream, looped (default: pocketsphinx-testdata's librivox speech)")
     ap.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
-    ap.add_argument("--policy", default=None, help="policy spec (default: the server's, waitk:k=3)")
+    ap.add_argument("--policy", default=None, help="policy spec (default: the server's, streamatt:frames=4,history_words=20)")
     ap.add_argument("--max-streams", type=int, default=64)
     ap.add_argument("--streams", help="run exactly these stream counts (e.g. 1,2,4,8) instead of the ramp")
     ap.add_argument("--bound-ms", type=float, default=300.0)
