@@ -9,7 +9,7 @@ frame's attention across tokens (prefix and candidate together) before aligning,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -65,6 +65,20 @@ class AlignAtt:
 
     def init_state(self) -> Any:
         return None
+
+    def late_token(self, view: PolicyView, state: Any) -> Callable[[np.ndarray], bool] | None:
+        """The test `decide` applies to each candidate token, for one token's attention [layers, heads, 1,
+        frames], so the session stops decoding a little past the first token it flags. None at the end of the
+        stream, and with z-scoring (each token's alignment then depends on all the others)."""
+        if view.finished or self.zscore:
+            return None
+
+        def late(attention: np.ndarray) -> bool:
+            aligned, n_frames = alignments(attention, self.layer, self.heads, exclude_last=self.exclude_last,
+                                           zscore=False)
+            return first_token_in_window(aligned, n_frames, self.frames) == 0
+
+        return late
 
     def decide(self, view: PolicyView, state: Any) -> tuple[Decision, Any]:
         cand = view.candidate

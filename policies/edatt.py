@@ -12,7 +12,7 @@ last frame first; `exclude_last=1` does the same (off by default: our causal enc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,6 +51,24 @@ class EDAtt:
     def init_state(self) -> Any:
         return None
 
+    def _late(self, att: np.ndarray) -> np.ndarray:
+        """Per token of att [layers, heads, tokens, frames]: does it lean on the last `lambda` frames?"""
+        matrix = token_frame_matrix(att, self.layer, self.heads)
+        if self.exclude_last:
+            matrix = drop_last_frame(matrix)
+        if matrix.shape[1] == 0:
+            return np.ones(matrix.shape[0], dtype=bool)
+        if self.norm == "l2":
+            matrix = l2_normalise_rows(matrix)
+        return last_frames_mass(matrix, self.lambda_) >= self.alpha
+
+    def late_token(self, view: PolicyView, state: Any) -> Callable[[np.ndarray], bool] | None:
+        """`decide`'s test for one token's attention [layers, heads, 1, frames], so the session stops decoding
+        a little past the first token that fails it; None at the end of the stream."""
+        if view.finished:
+            return None
+        return lambda attention: bool(self._late(attention)[0])
+
     def decide(self, view: PolicyView, state: Any) -> tuple[Decision, Any]:
         cand = view.candidate
         if not cand.tokens:
@@ -58,14 +76,7 @@ class EDAtt:
         att = require_attention(cand.attention, len(cand.tokens), self.name)
         if view.finished:
             return Decision(len(cand.tokens)), state
-        matrix = token_frame_matrix(att, self.layer, self.heads)
-        if self.exclude_last:
-            matrix = drop_last_frame(matrix)
-        if matrix.shape[1] == 0:
-            return Decision(0), state
-        if self.norm == "l2":
-            matrix = l2_normalise_rows(matrix)
-        stop = np.flatnonzero(last_frames_mass(matrix, self.lambda_) >= self.alpha)
+        stop = np.flatnonzero(self._late(att))
         return Decision(int(stop[0]) if stop.size else len(cand.tokens)), state
 
     def spec(self) -> str:

@@ -1,6 +1,10 @@
 """Greedy and beam search over the decoder, forcing a prefix and keeping each token's cross-attention."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,12 +23,35 @@ def repeats_at_end(tokens: list[int], max_ngram: int = 4, times: int = 3) -> boo
     return False
 
 
-def past_word_limit(tokens: list[int], max_words: int | None, word_start_ids: frozenset[int]) -> bool:
-    """True once a continuation has begun word `max_words + 1`, so it holds `max_words` whole words; its first
-    token always begins a word, as the session counts them. None: no limit."""
-    if max_words is None:
-        return False
-    return sum(1 for i, t in enumerate(tokens) if i == 0 or t in word_start_ids) > max_words
+@dataclass(frozen=True)
+class StopRule:
+    """Where the session lets a greedy continuation end, because the policy will commit nothing past it: once it
+    holds `max_words` whole words, or `slack_words` words after the word of the first token whose cross-attention
+    [layers, heads, 1, frames] `late` flags (the attention policies' own test). The words written past the
+    commit point are the partial caption."""
+
+    max_words: int | None = None
+    late: Callable[[np.ndarray], bool] | None = None
+    slack_words: int = 0
+
+
+class StopTracker:
+    """One continuation's progress against a StopRule, token by token (words counted as the session counts
+    them: the first token always begins one)."""
+
+    def __init__(self, rule: StopRule | None, word_start_ids: frozenset[int]):
+        rule = rule or StopRule()
+        self.limit, self.late, self.slack, self.ids = rule.max_words, rule.late, rule.slack_words, word_start_ids
+        self.words = 0
+
+    def add(self, token: int, attention: Tensor | None = None) -> bool:
+        """Count one written token (with the attention row that predicted it); True: stop after it."""
+        self.words += 1 if self.words == 0 or token in self.ids else 0
+        if self.late is not None and attention is not None and self.late(attention.float().cpu().numpy()):
+            bound = self.words + self.slack
+            self.limit = bound if self.limit is None else min(self.limit, bound)
+            self.late = None
+        return self.limit is not None and self.words > self.limit
 
 
 @torch.inference_mode()
@@ -38,27 +65,28 @@ def decode(
     beam: int = 1,
     max_tokens: int = 64,
     length_penalty: float = 1.0,
-    max_words: int | None = None,
+    stop: StopRule | None = None,
     word_start_ids: frozenset[int] = frozenset(),
 ) -> Hypothesis:
     """Continue after `prefix` over `memory` [T, d]. Attention rows are those of the decoder position that
     predicted each token, shaped [layers, heads, n_tokens, T]; `prefix_attention` likewise for the prefix.
-    Greedy decoding stops once `max_words` whole words are written (the policy can commit no more this chunk);
-    beam search ignores the bound (its best hypothesis is only known at the end)."""
+    Greedy decoding ends early where `stop` says the policy can commit no more this chunk; beam search ignores
+    it (its best hypothesis is only known at the end)."""
     mem_kv = decoder.project_memory(memory.unsqueeze(0))
     start = torch.tensor([[bos] + prefix], device=memory.device)
     logits, caches, attn = decoder(start, mem_kv)
     prefix_attn = attn[:, 0, :, :-1] if prefix else None  # positions that predicted the prefix tokens
     logp = logits[0, -1].log_softmax(-1)
     if beam <= 1:
-        hyp = _greedy(decoder, mem_kv, caches, logp, attn[:, 0, :, -1:], eos, max_tokens, max_words, word_start_ids)
+        hyp = _greedy(decoder, mem_kv, caches, logp, attn[:, 0, :, -1:], eos, max_tokens,
+                      StopTracker(stop, word_start_ids))
     else:
         hyp = _beam(decoder, mem_kv, caches, logp, attn[:, 0, :, -1:], eos, max_tokens, beam, length_penalty)
     hyp.prefix_attention = prefix_attn
     return hyp
 
 
-def _greedy(decoder, mem_kv, caches, logp, last_attn, eos, max_tokens, max_words, word_start_ids) -> Hypothesis:
+def _greedy(decoder, mem_kv, caches, logp, last_attn, eos, max_tokens, tracker: StopTracker) -> Hypothesis:
     tokens: list[int] = []
     rows: list[Tensor] = []
     score = 0.0
@@ -71,7 +99,7 @@ def _greedy(decoder, mem_kv, caches, logp, last_attn, eos, max_tokens, max_words
         score += float(logp[tok])
         tokens.append(tok)
         rows.append(last_attn)
-        if repeats_at_end(tokens) or past_word_limit(tokens, max_words, word_start_ids):
+        if tracker.add(tok, last_attn) or repeats_at_end(tokens):
             break
         logits, caches, attn = decoder(torch.tensor([[tok]], device=logp.device), mem_kv, caches=caches)
         logp = logits[0, -1].log_softmax(-1)

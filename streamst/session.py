@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from streamst.audio import SAMPLE_RATE, AudioFormat, Chunker
+from streamst.decoding import StopRule
 from streamst.events import Event, Partial, Word
 from streamst.policies.base import Candidate, Policy, PolicyView, word_starts
 from streamst.speech_model import Hypothesis
@@ -31,7 +32,7 @@ class DecodeRequest:
     prefix: list[int]
     beam: int
     max_tokens: int
-    max_words: int | None = None  # whole words the continuation needs (what the policy may commit + the partial)
+    stop: StopRule | None = None  # where the continuation may end: what the policy may commit, plus the partial
 
 
 class Session:
@@ -144,18 +145,20 @@ class Session:
             allowance = max(0, int(self.max_tokens_per_s * self.source_ms / 1000.0) + 16 - self.tokens_committed)
         # mid-stream a chunk's call is also capped (its cost); the final call may write all the stream has left
         budget = allowance if final else min(self.max_new_tokens, self.memory.shape[0] // 2 + 8, allowance)
-        words = self._commit_bound(final)
-        return DecodeRequest(self.memory, prefix, self.beam, budget,
-                             None if words is None else words + self.partial_words)
+        return DecodeRequest(self.memory, prefix, self.beam, budget, self._stop_rule(final))
 
-    def _commit_bound(self, final: bool) -> int | None:
-        """The most words the policy can commit on this chunk, before seeing the continuation (None: unknown)."""
-        bound = getattr(self.policy, "max_commit_words", None)
-        if bound is None or self.partial_words is None:
+    def _stop_rule(self, final: bool) -> StopRule | None:
+        """Where the policy will commit no more on this chunk, known before decoding: a word count
+        (`max_commit_words`) or a test on each token's attention (`late_token`); None when it has neither."""
+        if self.partial_words is None:
             return None
         view = PolicyView(candidate=Candidate([], []), committed=list(self.words), frames=self.memory.shape[0],
                           frame_ms=self.model.frame_ms, source_ms=self.source_ms, chunks=self.chunks, finished=final)
-        return bound(view, self.policy_state)
+        words = getattr(self.policy, "max_commit_words", lambda v, s: None)(view, self.policy_state)
+        late = getattr(self.policy, "late_token", lambda v, s: None)(view, self.policy_state)
+        if words is None and late is None:
+            return None
+        return StopRule(None if words is None else words + self.partial_words, late, self.partial_words)
 
     def commit(self, request: DecodeRequest, hyp: Hypothesis, final: bool, t0: float, shared_s: float = 0.0) -> list[Event]:
         """Run the policy on the decoder's continuation and emit the committed words and the partial tail.
@@ -217,7 +220,7 @@ class Session:
         request = self.decode_request(final)
         if request is not None:
             hyp = self.model.decode(request.memory, request.prefix, beam=request.beam, max_tokens=request.max_tokens,
-                                    max_words=request.max_words)
+                                    stop=request.stop)
             events = self.commit(request, hyp, final, t0)
         self.compute_s += self.clock() - t0
         return events

@@ -5,11 +5,14 @@ A model is stateless between calls: every stream's state is a value passed in an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from streamst.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from streamst.decoding import StopRule
 
 
 @dataclass
@@ -52,9 +55,9 @@ class SpeechModel(Protocol):
         ...
 
     def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
-               max_words: int | None = None) -> Hypothesis:
+               stop: StopRule | None = None) -> Hypothesis:
         """Force `prefix` (target token ids of the kept history), then continue greedily or with beam search;
-        greedy decoding stops once `max_words` whole words are written (None: no such bound)."""
+        greedy decoding may end early where `stop` (`streamst.decoding.StopRule`) says."""
         ...
 
     def ctc_words(self, memory: torch.Tensor) -> int | None:

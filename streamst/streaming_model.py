@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from streamst.decoding import decode
+from streamst.decoding import StopRule, decode
 from streamst.features import FeatureState, init_feature_state, normalize, stream_features
 from streamst.model import EncoderState, SpeechTranslator
 from streamst.speech_model import Hypothesis
@@ -61,10 +61,10 @@ class StreamingSpeechModel:
         return state  # the encoder's caches are already bounded; the session trims its memory
 
     def decode(self, memory: Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
-               max_words: int | None = None) -> Hypothesis:
+               stop: StopRule | None = None) -> Hypothesis:
         tok = self.tokenizer
         return decode(self.net.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
-                      max_words=max_words, word_start_ids=tok.word_start_ids)
+                      stop=stop, word_start_ids=tok.word_start_ids)
 
     @torch.inference_mode()
     def ctc_tokens(self, memory: Tensor) -> list[int]:

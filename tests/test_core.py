@@ -230,13 +230,14 @@ def test_every_policy_commits_sensible_words_through_the_session(tiny_model, tin
 
 
 def _counting(model):
-    """The model with its decode calls recorded as (max_words, tokens written)."""
+    """The model with its decode calls recorded as (word bound, tokens written)."""
     calls = []
     decode = model.decode
 
     def counted(memory, prefix, **kw):
         hyp = decode(memory, prefix, **kw)
-        calls.append((kw.get("max_words"), len(hyp.tokens)))
+        stop = kw.get("stop")
+        calls.append((None if stop is None else stop.max_words, len(hyp.tokens)))
         return hyp
 
     model.decode = counted
@@ -244,27 +245,38 @@ def _counting(model):
 
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+needs_speech = pytest.mark.skipif(not (LIBRIVOX / "fileids").exists(),
+                                  reason="real speech absent: apt-get install pocketsphinx-testdata")
 
 
-@pytest.mark.skipif(not (LIBRIVOX / "fileids").exists(), reason="real speech absent: apt-get install pocketsphinx-testdata")
+def _librivox() -> np.ndarray:
+    """pocketsphinx-testdata's LibriVox clips one after another (about 20 s of read speech)."""
+    return np.concatenate([read_wav(LIBRIVOX / f"{name}.wav")[0] for name in (LIBRIVOX / "fileids").read_text().split()])
+
+
+def _stream(model, policy: str, audio: np.ndarray, **options) -> tuple[list[tuple[str, float]], Session]:
+    s = Session(model, parse_policy(policy), clock=lambda: 0.0, **options)
+    events = []
+    for i in range(0, audio.size, 5120):
+        events += s.push(audio[i:i + 5120])
+    events += s.finish()
+    return [(w.text, w.emitted_ms) for w in events if isinstance(w, Word)], s
+
+
+@needs_speech
 def test_waitk_decodes_only_the_words_it_may_commit_and_commits_the_same_words():
     """A shipped model on 20 s of real speech: bounding each chunk's continuation to the words wait-k may commit
     (plus three for the partial caption) leaves every committed word and its timing unchanged, and decodes far
     fewer tokens (this weak model otherwise runs on to its token budget)."""
     from streamst.checkpoint import load_model
 
-    audio = np.concatenate([read_wav(LIBRIVOX / f"{name}.wav")[0]
-                            for name in (LIBRIVOX / "fileids").read_text().split()])
+    audio = _librivox()
     runs = {}
     for partial in (3, None):
         model = load_model("en-de")
         calls = _counting(model)
-        s = Session(model, parse_policy("waitk:k=3"), partial_words=partial, clock=lambda: 0.0)
-        events = []
-        for i in range(0, audio.size, 5120):
-            events += s.push(audio[i:i + 5120])
-        events += s.finish()
-        runs[partial] = ([(w.text, w.emitted_ms) for w in events if isinstance(w, Word)], calls)
+        words, _ = _stream(model, "waitk:k=3", audio, partial_words=partial)
+        runs[partial] = (words, calls)
     (bounded, bounded_calls), (full, full_calls) = runs[3], runs[None]
     assert bounded == full and len(bounded) >= 20
     assert all(words is None for words, _ in full_calls)
@@ -273,11 +285,34 @@ def test_waitk_decodes_only_the_words_it_may_commit_and_commits_the_same_words()
     assert sum(n for _, n in bounded_calls) < 0.7 * sum(n for _, n in full_calls)
 
 
-def _librivox() -> np.ndarray:
-    return np.concatenate([read_wav(LIBRIVOX / f"{name}.wav")[0] for name in (LIBRIVOX / "fileids").read_text().split()])
+@pytest.mark.parametrize("spec", ["alignatt:frames=4", "edatt:alpha=0.2,lambda=2", "alignatt:frames=6,exclude_last=1"])
+def test_attention_policies_stop_decoding_past_their_first_late_token_and_commit_the_same(tiny_model, tiny_corpus,
+                                                                                          spec):
+    """The session ends each chunk's continuation a few words past the first token the policy flags (its own
+    test on that token's attention): the committed words and their timing are those of full continuations."""
+    audio = np.concatenate([read_wav(w)[0] for w, _ in tiny_corpus[:4]])
+    bounded, _ = _stream(tiny_model, spec, audio)
+    full, _ = _stream(tiny_model, spec, audio, partial_words=None)
+    assert bounded == full and bounded
 
 
-@pytest.mark.skipif(not (LIBRIVOX / "fileids").exists(), reason="real speech absent: apt-get install pocketsphinx-testdata")
+@needs_speech
+@pytest.mark.parametrize("spec", ["alignatt:frames=4", "edatt:alpha=0.2,lambda=2"])
+def test_attention_policies_decode_less_on_real_speech_and_commit_the_same(spec):
+    from streamst.checkpoint import load_model
+
+    audio = _librivox()
+    runs = {}
+    for partial in (0, 3, None):
+        model = load_model("en-de")
+        calls = _counting(model)
+        words, _ = _stream(model, spec, audio, partial_words=partial)
+        runs[partial] = (words, sum(n for _, n in calls))
+    assert runs[0][0] == runs[3][0] == runs[None][0] and len(runs[None][0]) >= 20
+    assert runs[0][1] < runs[3][1] < runs[None][1]
+
+
+@needs_speech
 def test_a_runaway_model_cannot_grow_the_committed_text_past_the_length_bound():
     """The shipped en-de on real speech (unlike its synthetic training data) commits hallucinated text under
     AlignAtt; the session caps the stream at 16 + 25 tokens per second heard, so the forced prefix (and each
@@ -297,7 +332,7 @@ def test_a_runaway_model_cannot_grow_the_committed_text_past_the_length_bound():
     assert committed[None] > 2 * committed[25.0]
 
 
-@pytest.mark.skipif(not (LIBRIVOX / "fileids").exists(), reason="real speech absent: apt-get install pocketsphinx-testdata")
+@needs_speech
 def test_the_final_flush_is_not_cut_at_the_per_chunk_token_cap():
     """Offline decoding of 20 s of speech with the character-level en-asr needs hundreds of tokens: the end of
     the stream may write them all (the 64-token cap bounds mid-stream chunks only)."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamst.decoding import past_word_limit
+from streamst.decoding import StopRule, StopTracker
 from streamst.events import Word
 from streamst.policies import parse_policy
 from streamst.session import Session
@@ -89,7 +89,7 @@ class ScriptedModel:
         return rows[None, None]  # [layers, heads, tokens, frames]
 
     def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
-               max_words: int | None = None) -> Hypothesis:
+               stop: StopRule | None = None) -> Hypothesis:
         first, last = int(memory[0, 0]), int(memory[-1, 0])
         if prefix:
             nxt = prefix[-1] + 1
@@ -98,9 +98,10 @@ class ScriptedModel:
         heard = [i for i in range(nxt, len(self.script_frames)) if self.script_frames[i] <= last]
         tokens = heard + ([nxt + len(heard)] if nxt + len(heard) < len(self.script_frames) else [])  # one guess
         tokens = tokens[:max_tokens]
-        starts = frozenset(i for i, p in enumerate(self.tokenizer._pieces) if p.startswith(W))
-        tokens = next((tokens[:n] for n in range(1, len(tokens) + 1) if past_word_limit(tokens[:n], max_words, starts)),
-                      tokens)  # what greedy decoding under the session's word bound would stop at
+        # where greedy decoding under the session's stop rule would end
+        tracker = StopTracker(stop, frozenset(i for i, p in enumerate(self.tokenizer._pieces) if p.startswith(W)))
+        rows = self._rows(tokens, first, memory.shape[0])
+        tokens = next((tokens[:n + 1] for n, t in enumerate(tokens) if tracker.add(t, rows[:, :, n:n + 1])), tokens)
         return Hypothesis(
             tokens=tokens,
             attention=self._rows(tokens, first, memory.shape[0]),

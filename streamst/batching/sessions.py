@@ -113,7 +113,7 @@ def _decode(group: list[_Work], clock) -> None:
             tok = model.tokenizer
             hyps = greedy_many(model.net.decoder, [w.request.memory for w in greedy], [w.request.prefix for w in greedy],
                                tok.bos, tok.eos, [w.request.max_tokens for w in greedy],
-                               [w.request.max_words for w in greedy], tok.word_start_ids)
+                               [w.request.stop for w in greedy], tok.word_start_ids)
         except Exception:  # noqa: BLE001 - find the stream at fault by decoding each alone
             hyps = None
         if hyps is not None:
@@ -126,7 +126,7 @@ def _decode(group: list[_Work], clock) -> None:
         t0 = clock()
         try:
             r = w.request
-            w.hyp = model.decode(r.memory, r.prefix, beam=r.beam, max_tokens=r.max_tokens, max_words=r.max_words)
+            w.hyp = model.decode(r.memory, r.prefix, beam=r.beam, max_tokens=r.max_tokens, stop=r.stop)
         except Exception as e:  # noqa: BLE001
             w.error = e
         w.shared_s += clock() - t0

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamst.decoding import past_word_limit, repeats_at_end
+from streamst.decoding import StopRule, StopTracker, repeats_at_end
 from streamst.features import normalize, stream_features
 from streamst.model import Decoder, Encoder, EncoderState
 from streamst.speech_model import Hypothesis
@@ -120,7 +120,7 @@ class _Row:
 
     frames: int
     budget: int
-    max_words: int | None
+    tracker: StopTracker
     tokens: list
     rows: list
     last_attn: Tensor
@@ -130,9 +130,9 @@ class _Row:
 
 @torch.inference_mode()
 def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[int]], bos: int, eos: int,
-                max_tokens: list[int], max_words: list[int | None] | None = None,
+                max_tokens: list[int], stops: list[StopRule | None] | None = None,
                 word_start_ids: frozenset[int] = frozenset()) -> list[Hypothesis]:
-    """`decoding.decode(..., beam=1)` for every (memory [S_i, d], prefix, budget, word bound) row, as one batch."""
+    """`decoding.decode(..., beam=1)` for every (memory [S_i, d], prefix, budget, stop rule) row, as one batch."""
     b = len(memories)
     lengths = [m.shape[0] for m in memories]
     s_max = max(lengths)
@@ -152,8 +152,8 @@ def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[in
     logits, caches, attn = _prefix_pass(decoder, tokens, last, mem_kv, mem_mask)
     logp = logits.log_softmax(-1)
     prefix_attn = [attn[:, i, :, : len(p), : lengths[i]] if p else None for i, p in enumerate(prefixes)]
-    max_words = max_words or [None] * b
-    state = [_Row(lengths[i], max_tokens[i], max_words[i], [], [], attn[:, i, :, int(last[i]):int(last[i]) + 1, : lengths[i]])
+    stops = stops or [None] * b
+    state = [_Row(lengths[i], max_tokens[i], StopTracker(stops[i], word_start_ids), [], [], attn[:, i, :, int(last[i]):int(last[i]) + 1, : lengths[i]])
              for i in range(b)]
     # self-attention keys/values in fixed buffers: row i's next token writes slot lens[i] (no copy per token)
     room = t_max + max(max_tokens)
@@ -184,8 +184,7 @@ def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[in
             row.score += best_logp[j]
             row.tokens.append(tok)
             row.rows.append(row.last_attn)
-            if (repeats_at_end(row.tokens) or len(row.tokens) >= row.budget
-                    or past_word_limit(row.tokens, row.max_words, word_start_ids)):
+            if row.tracker.add(tok, row.last_attn) or repeats_at_end(row.tokens) or len(row.tokens) >= row.budget:
                 continue
             alive.append(j)
             next_tokens.append(tok)

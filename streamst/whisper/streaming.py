@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamst.decoding import past_word_limit
+from streamst.decoding import StopRule, StopTracker
 from streamst.speech_model import Hypothesis
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import (
@@ -203,7 +203,7 @@ class WhisperStreamingModel:
         *,
         beam: int = 1,
         max_tokens: int = 64,
-        max_words: int | None = None,
+        stop: StopRule | None = None,
         prompt: list[int] | None = None,
     ) -> Hypothesis:
         """Force [<|startofprev|> prompt] SOT-sequence prefix, then continue greedily (beam > 1: beam search).
@@ -245,7 +245,11 @@ class WhisperStreamingModel:
         if beam > 1:
             tokens, rows, ended, score = self._beam_search(logits[0, -1], cache, beam, max_tokens)
         else:
-            tokens, rows, ended, score = self._greedy(logits[0, -1], cross, cache, max_tokens, max_words)
+            # only the word bound applies: these rows are alignment heads over the padded window, not what the
+            # policy sees, so an attention test on them could disagree with the policy's
+            words_only = StopRule(max_words=stop.max_words) if stop is not None else None
+            tracker = StopTracker(words_only, self.tokenizer.word_start_ids)
+            tokens, rows, ended, score = self._greedy(logits[0, -1], cross, cache, max_tokens, tracker)
         tokens, rows, looped = cut_repetition(tokens, rows)
         attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, features.shape[0])
         attention = self._fold(attention, n_real)
@@ -295,7 +299,7 @@ class WhisperStreamingModel:
             out.append((b, min(last + 1, following), following))
         return out[::-1]
 
-    def _greedy(self, last_logits: Tensor, cross: list[Tensor], cache, max_tokens: int, max_words: int | None):
+    def _greedy(self, last_logits: Tensor, cross: list[Tensor], cache, max_tokens: int, tracker: StopTracker):
         tokens: list[int] = []
         rows: list[Tensor] = []
         score = 0.0
@@ -314,7 +318,7 @@ class WhisperStreamingModel:
             logits = out[0, -1]
             if len(tokens) >= 6 and cut_repetition(tokens, rows)[2]:
                 break
-            if past_word_limit(tokens, max_words, self.tokenizer.word_start_ids):
+            if tracker.add(token):
                 break
         return tokens, rows, False, score
 
