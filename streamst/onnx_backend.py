@@ -119,6 +119,7 @@ class OnnxSpeechModel:
         self.decoder = OnnxDecoder(make_session(folder / "memory.onnx", threads),
                                    make_session(folder / "decoder.onnx", threads), self.cfg)
         self.chunk_frames, self.left_frames = self.cfg.chunk_frames, self.cfg.left_frames
+        self.max_target_tokens = self.cfg.max_target_len  # the decoder's position table: prefix + continuation
         sub_f1 = (self.cfg.n_mels - 3) // 2 + 1
         self._sub2_shape = (1, self.cfg.sub_channels, 2, sub_f1)
 

@@ -58,7 +58,7 @@ class Session:
         self.chunk_ms, self.beam, self.max_new_tokens, self.clock = chunk_ms, beam, max_new_tokens, clock
         # the whole stream writes at most 16 + max_tokens_per_s * seconds heard (fairseq's max_len_a/b, per second):
         # a model that runs away on audio unlike its training data cannot grow the forced prefix without bound
-        # (None: no such bound; the final call is then capped at one token per memory frame + 16)
+        # (None: no such bound)
         self.max_tokens_per_s = max_tokens_per_s
         self.tokens_committed = 0
         # words decoded beyond what the policy may commit, shown as the partial caption (None: decode the whole
@@ -143,8 +143,16 @@ class Session:
             allowance = self.memory.shape[0] + 16
         else:
             allowance = max(0, int(self.max_tokens_per_s * self.source_ms / 1000.0) + 16 - self.tokens_committed)
-        # mid-stream a chunk's call is also capped (its cost); the final call may write all the stream has left
-        budget = allowance if final else min(self.max_new_tokens, self.memory.shape[0] // 2 + 8, allowance)
+        # mid-stream a chunk's call is also capped (its cost); the final call may write what the stream has left,
+        # up to one token per memory frame; neither runs past the decoder's positions (a forced prefix longer than
+        # them writes nothing more: endless streams need StreamAtt, which keeps the history short)
+        if final:
+            budget = min(allowance, self.memory.shape[0] + 16)
+        else:
+            budget = min(self.max_new_tokens, self.memory.shape[0] // 2 + 8, allowance)
+        positions = getattr(self.model, "max_target_tokens", None)
+        if positions is not None:
+            budget = max(0, min(budget, positions - 1 - len(prefix)))
         return DecodeRequest(self.memory, prefix, self.beam, budget, self._stop_rule(final))
 
     def _stop_rule(self, final: bool) -> StopRule | None:

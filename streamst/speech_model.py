@@ -41,6 +41,8 @@ class SpeechModel(Protocol):
 
     frame_ms: float
     appends_memory: bool
+    # optional: max_target_tokens, the decoder's positions (bos + forced prefix + continuation); the session
+    # never asks for more
     tokenizer: Tokenizer  # target-side tokenizer (what the decoder writes)
     task: str  # "asr" or "st"
 

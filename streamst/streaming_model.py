@@ -46,6 +46,7 @@ class StreamingSpeechModel:
         self.chunk_frames = net.cfg.chunk_frames
         self.left_frames = net.cfg.left_frames
         self.frame_ms = 40.0
+        self.max_target_tokens = net.cfg.max_target_len  # the decoder's position table: prefix + continuation
 
     def init_state(self) -> StreamState:
         return StreamState(init_feature_state(), self.net.encoder.init_state(1))

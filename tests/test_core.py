@@ -316,20 +316,26 @@ def test_attention_policies_decode_less_on_real_speech_and_commit_the_same(spec)
 def test_a_runaway_model_cannot_grow_the_committed_text_past_the_length_bound():
     """The shipped en-de on real speech (unlike its synthetic training data) commits hallucinated text under
     AlignAtt; the session caps the stream at 16 + 25 tokens per second heard, so the forced prefix (and each
-    chunk's cost) grows no faster than the audio. Unbounded, the same stream commits several times more."""
+    chunk's cost) grows no faster than the audio. Unbounded, the same stream fills the decoder's 512 positions
+    within seconds and then can write nothing more."""
     from streamst.checkpoint import load_model
 
     audio = _librivox()
     model = load_model("en-de")
-    committed = {}
+    growth = {}
     for rate in (25.0, None):
         s = Session(model, parse_policy("alignatt:frames=4"), max_tokens_per_s=rate)
+        growth[rate] = []
         for i in range(0, audio.size, 5120):
             s.push(audio[i:i + 5120])
+            growth[rate].append(s.tokens_committed)
             assert rate is None or s.tokens_committed <= 16 + rate * s.source_ms / 1000.0
+            assert len([t for w in s.history for t in w]) < model.max_target_tokens  # positions never run out
         s.finish()
-        committed[rate] = s.tokens_committed
-    assert committed[None] > 2 * committed[25.0]
+    at_8s, at_16s = int(8.0 / 0.32), int(16.0 / 0.32)
+    assert growth[None][at_8s] > 1.8 * growth[25.0][at_8s]  # unbounded: the positions are full by 8 s
+    assert growth[None][at_16s] == growth[None][at_8s]
+    assert growth[25.0][at_16s] > growth[25.0][at_8s] + 100  # bounded: still writing at the audio's pace
 
 
 @needs_speech
