@@ -64,9 +64,11 @@ class Decision:
 
 
 class Policy(Protocol):
-    """A read/write policy. Optionally it also has `max_commit_words(view, state) -> int | None`: the most words
-    `decide` can commit on this chunk, known before decoding (the view's candidate is empty); the session then
-    decodes only that many words plus its partial caption (wait-k has it; attention policies need the tokens)."""
+    """A read/write policy. Two optional methods let the session stop decoding where `decide` will commit no more
+    (both get a view whose candidate is empty, before decoding): `max_commit_words(view, state) -> int | None`,
+    the most words it can commit on this chunk (wait-k), and `late_token(view, state) -> test | None`, its test
+    on one token's cross-attention [layers, heads, 1, frames] that flags the first token it would not commit
+    (AlignAtt, EDAtt). The session then decodes only a partial caption's worth of words past that point."""
 
     name: str
 
