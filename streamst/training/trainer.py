@@ -375,12 +375,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     net.train()
     seen, ema = 0, None
     deadline = started + cfg.time_limit * 60.0 if cfg.time_limit > 0 else math.inf
-    while step < cfg.steps and time.time() < deadline:
+    timed_out = False  # decided by rank 0 for every process (`_past`), so all leave the loop together
+    while step < cfg.steps and not timed_out:
         batches = bucket_batches(lengths, cfg.max_frames, random.Random(cfg.seed * 1000 + epoch))
         if len(batches) < rt.world:
             raise ValueError(f"only {len(batches)} batches for {rt.world} processes: lower --max-frames")
         usable = len(batches) // rt.world * rt.world
-        while batch_pos + rt.world <= usable and step < cfg.steps and not _past(deadline, rt):
+        while batch_pos + rt.world <= usable and step < cfg.steps:
+            if _past(deadline, rt):
+                timed_out = True
+                break
             idx = batches[batch_pos + rt.rank]
             b = collate([(((data[i][0].float() - mean) / std), data[i][1], data[i][2]) for i in idx],
                         tgt_tok.bos, tgt_tok.eos)
@@ -418,7 +422,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
                     say(f"saved {p}")
                 if rt.main and dev and cfg.dev_every > 0 and step % cfg.dev_every == 0 and step < cfg.steps:
                     run_dev()
-        if batch_pos + rt.world > usable:
+        if not timed_out and batch_pos + rt.world > usable:
             epoch, batch_pos = epoch + 1, 0
     if bar is not None:
         bar.close()
@@ -437,6 +441,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
 
 def _past(deadline: float, rt: Runtime) -> bool:
     """Whether --time-limit is spent; every process of a torchrun job takes rank 0's answer, so all stop together."""
+    if deadline == math.inf:
+        return False
     if rt.world == 1:
         return time.time() >= deadline
     flag = torch.tensor([time.time() >= deadline], dtype=torch.int32, device=rt.device)
@@ -496,7 +502,8 @@ def _finish(cfg, out, net, dev, dev_history, task, tgt_tok, rt, skipped, lengths
         epochs=epoch + batch_pos / max(1, n_batches), train_seconds=seconds,
         hardware=hardware_description(rt.device, rt.world),
         precision="bf16 autocast" if rt.device.type == "cuda" else "fp32", batch_frames=cfg.max_frames,
-        accum=cfg.accum, averaged=averaged, init_encoder=cfg.init_encoder, init_model=cfg.init_model, dev_history=dev_history,
+        accum=cfg.accum, averaged=averaged, init_encoder=cfg.init_encoder, init_model=cfg.init_model,
+        dev_history=dev_history,
         final_dev=final_dev, dev_segments=len(dev), command=cfg.command,
     )
     card = write_card(out / "model.md", facts, final)
