@@ -158,12 +158,14 @@ class Session:
     def _stop_rule(self, final: bool) -> StopRule | None:
         """Where the policy will commit no more on this chunk, known before decoding: a word count
         (`max_commit_words`) or a test on each token's attention (`late_token`); None when it has neither."""
-        if self.partial_words is None:
+        words_hook = getattr(self.policy, "max_commit_words", None)
+        late_hook = getattr(self.policy, "late_token", None)
+        if self.partial_words is None or (words_hook is None and late_hook is None):
             return None
         view = PolicyView(candidate=Candidate([], []), committed=list(self.words), frames=self.memory.shape[0],
                           frame_ms=self.model.frame_ms, source_ms=self.source_ms, chunks=self.chunks, finished=final)
-        words = getattr(self.policy, "max_commit_words", lambda v, s: None)(view, self.policy_state)
-        late = getattr(self.policy, "late_token", lambda v, s: None)(view, self.policy_state)
+        words = None if words_hook is None else words_hook(view, self.policy_state)
+        late = None if late_hook is None else late_hook(view, self.policy_state)
         if words is None and late is None:
             return None
         return StopRule(None if words is None else words + self.partial_words, late, self.partial_words)

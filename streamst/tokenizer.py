@@ -32,7 +32,7 @@ class Tokenizer:
 
     @cached_property
     def word_start_ids(self) -> frozenset[int]:
-        """Ids whose piece begins a word: what bounds a continuation to whole words (`decoding.past_word_limit`)."""
+        """Ids whose piece begins a word: what bounds a continuation to whole words (`decoding.StopTracker`)."""
         return frozenset(i for i in range(len(self)) if self.sp.id_to_piece(i).startswith(WORD_START))
 
     def pieces(self, ids: Iterable[int]) -> list[str]:

@@ -153,8 +153,8 @@ def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[in
     logp = logits.log_softmax(-1)
     prefix_attn = [attn[:, i, :, : len(p), : lengths[i]] if p else None for i, p in enumerate(prefixes)]
     stops = stops or [None] * b
-    state = [_Row(lengths[i], max_tokens[i], StopTracker(stops[i], word_start_ids), [], [], attn[:, i, :, int(last[i]):int(last[i]) + 1, : lengths[i]])
-             for i in range(b)]
+    state = [_Row(lengths[i], max_tokens[i], StopTracker(stops[i], word_start_ids), [], [],
+                  attn[:, i, :, int(last[i]):int(last[i]) + 1, : lengths[i]]) for i in range(b)]
     # self-attention keys/values in fixed buffers: row i's next token writes slot lens[i] (no copy per token)
     room = t_max + max(max_tokens)
     buffers = []
