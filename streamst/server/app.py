@@ -33,7 +33,7 @@ from streamst.server.protocol import (
 from streamst.server.scheduler import Scheduler
 
 log = logging.getLogger("streamst.server")
-WEB_ROOT = Path(__file__).resolve().parents[2] / "demo" / "web"
+WEB_ROOT = Path(__file__).resolve().parents[1] / "web"  # package data: a wheel install serves the page too
 
 
 def default_origins(host: str, port: int) -> set[str]:
