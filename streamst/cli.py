@@ -8,6 +8,13 @@ import argparse
 import importlib
 import sys
 
+from streamst import __version__
+
+DESCRIPTION = ("Live captions and subtitles from speech: translate or transcribe audio files, a microphone or a "
+               "browser stream as the words are spoken, and measure how good and how fast that is.")
+EPILOG = ("Start with `streamst demo` (a bundled English sample translated to German), then "
+          "`streamst translate talk.wav --format srt`. `streamst COMMAND --help` shows a command's options.")
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "translate": ("streamst.commands.files", "stream audio files through a translation model"),
@@ -28,31 +35,76 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="streamst", description=__doc__.splitlines()[0])
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default (`(default: X)`) unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """The `streamst` parser: the command list, --version, and the user-facing description."""
+    parser = argparse.ArgumentParser(prog="streamst", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"streamst {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser.print_help(sys.stderr)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nstreamst: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
-        return 0
-    name = argv[0]
+    return parser
+
+
+def command_parser(name: str):
+    """The parser of one subcommand and its module."""
     module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"streamst {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd_parser, name) if _takes_name(module.add_arguments) else module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
+    parser = argparse.ArgumentParser(prog=f"streamst {name}", description=COMMANDS[name][1],
+                                     formatter_class=HelpFormatter)
+    module.add_arguments(parser, name) if _takes_name(module.add_arguments) else module.add_arguments(parser)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; bad input is a one-line error and exit status 2, never a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = top_parser()
+    if not argv:
+        parser.print_usage(sys.stderr)
+        print("streamst: error: a COMMAND is required (`streamst --help` lists them)", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "--version"):
+        try:
+            parser.parse_args(argv[:1])
+        except SystemExit as e:
+            return int(e.code or 0)
+    if argv[0] not in COMMANDS:
+        parser.print_usage(sys.stderr)
+        print(f"streamst: error: unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    name = argv[0]
+    cmd_parser, module = command_parser(name)
+    try:
+        args = cmd_parser.parse_args(argv[1:])
+    except SystemExit as e:
+        return int(e.code or 0)
     args.command = name
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"streamst {name}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"streamst {name}: error: {_message(e)}", file=sys.stderr)
         return 2
+
+
+def _message(e: BaseException) -> str:
+    """One line for an error; an ImportError names the missing module."""
+    if isinstance(e, ImportError) and not isinstance(e, ModuleNotFoundError):
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, ModuleNotFoundError):
+        return f"{e} (a package is missing: reinstall streamst with the extra this command needs)"
+    text = str(e) or type(e).__name__
+    return text if "\n" not in text else text.splitlines()[0]
 
 
 def _takes_name(fn) -> bool:

@@ -151,7 +151,7 @@ def stream_timings(model, positions_s: list[float], window: int) -> dict:
             t1 = time.perf_counter()
             mem = torch.cat([mem, frames])[-MEMORY_FRAMES:]
             t2 = time.perf_counter()
-            hyp = model.decode(mem, prefix, max_tokens=NEW_TOKENS)
+            hyp, st = model.decode(mem, prefix, st, max_tokens=NEW_TOKENS)
             t3 = time.perf_counter()
             kept[p] = [st, mem, i + 1]
             out[p]["enc"].append(t1 - t0)
@@ -271,6 +271,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.model and args.random_model:
         raise ValueError("give --model or --random-model, not both")
+    if not args.device:
+        from streamst.commands.export_onnx import require_onnx_export
+
+        require_onnx_export("bench")  # torch eager vs onnxruntime: the export needs the `onnx` extra
     if args.random_model:
         overrides = parse_config(args.random_model)
         torch_model, source = random_model(**overrides), f"random init, ModelConfig({args.random_model})"

@@ -2,6 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import shutil
+from pathlib import Path
+
+EXPORT_MODULES = ("onnx", "onnxscript")  # torch.onnx.export(dynamo=True) needs both; onnxruntime is a dependency
+
+
+def require_onnx_export(command: str) -> None:
+    """Fail before any work when the packages ONNX export needs are missing, naming the extra that has them."""
+    missing = []
+    for name in EXPORT_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ValueError(f"`streamst {command}` exports ONNX graphs, which needs {' and '.join(missing)}: "
+                         "pip install 'streamst[onnx]' (or pip install onnx onnxscript)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +32,18 @@ def run(args: argparse.Namespace) -> int:
     from streamst.checkpoint import load_model
     from streamst.onnx_export import export_onnx
 
+    require_onnx_export("export-onnx")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
     model = load_model(args.model)
-    out = export_onnx(model, args.out, int8=args.int8)
+    created = not out_dir.exists()
+    try:
+        out = export_onnx(model, out_dir, int8=args.int8)
+    except BaseException:
+        if created and out_dir.is_dir():  # leave no half-written folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     kind = "int8" if args.int8 else "fp32"
     print(f"exported {model.name or args.model} ({kind}) to {out}: encoder.onnx, memory.onnx, decoder.onnx")
     return 0
