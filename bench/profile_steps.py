@@ -30,7 +30,7 @@ def drive(model, chunks: int) -> None:
     for i in range(chunks):
         frames, state = model.encode(synthetic_chunk(i), state)
         memory = frames if memory is None else torch.cat([memory, frames])[-MEMORY_FRAMES:]
-        model.decode(memory, prefix, max_tokens=NEW_TOKENS)
+        _, state = model.decode(memory, prefix, state, max_tokens=NEW_TOKENS)
 
 
 class Timers:

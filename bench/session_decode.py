@@ -29,10 +29,10 @@ def run(model_name: str, policy: str, audio: np.ndarray, bounds: bool) -> dict:
     calls: list[tuple[int, int]] = []
     decode = model.decode
 
-    def counted(memory, prefix, **kw):
-        hyp = decode(memory, prefix, **kw)
+    def counted(memory, prefix, state, **kw):
+        hyp, state = decode(memory, prefix, state, **kw)
         calls.append((len(prefix), len(hyp.tokens)))
-        return hyp
+        return hyp, state
 
     model.decode = counted
     extra = {} if bounds else {"partial_words": None, "max_tokens_per_s": None}

@@ -75,7 +75,7 @@ def main() -> int:
         events = session.push(audio[start: start + step])
         times.append(time.perf_counter() - t0)
         words += [e.text for e in events if isinstance(e, Word)]
-        state = session.enc_state
+        state = session.model_state
         max_window = max(max_window, state.audio.numel() / 16000)
         if session.source_ms / 1000 >= next_report:
             next_report += args.report_s

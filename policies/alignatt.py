@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamst.policies.attention import alignments, check_heads, require_attention
-from streamst.policies.base import Decision, PolicyView, format_spec, register
+from streamst.policies.base import Decision, PolicyBase, PolicyView, format_spec, register
 
 
 def align_view(
@@ -51,7 +51,8 @@ def first_token_in_window(aligned: np.ndarray, n_frames: int, window: int) -> in
 
 @register("alignatt")
 @dataclass(frozen=True)
-class AlignAtt:
+class AlignAtt(PolicyBase):
+    stop_hooks = True  # late_token bounds decoding
     frames: int = 4
     layer: int = -1
     heads: str = "mean"

@@ -64,19 +64,44 @@ class Decision:
 
 
 class Policy(Protocol):
-    """A read/write policy. Two optional methods let the session stop decoding where `decide` will commit no more
-    (both get a view whose candidate is empty, before decoding): `max_commit_words(view, state) -> int | None`,
-    the most words it can commit on this chunk (wait-k), and `late_token(view, state) -> test | None`, its test
-    on one token's cross-attention [layers, heads, 1, frames] that flags the first token it would not commit
-    (AlignAtt, EDAtt). The session then decodes only a partial caption's worth of words past that point."""
+    """A read/write policy. Its optional capabilities are declared (`PolicyBase` gives the defaults), never probed:
+    `writes_only_at_end` (the session skips decoding until the stream ends), `needs_source_words` (the view
+    carries the CTC word count), and, when `stop_hooks` is True, two methods the session asks before decoding
+    (with a view whose candidate is empty) so that it can stop decoding where `decide` will commit no more:
+    `max_commit_words(view, state) -> int | None`, the most words it can commit on this chunk (wait-k), and
+    `late_token(view, state) -> test | None`, its test on one token's cross-attention [layers, heads, 1, frames]
+    that flags the first token it would not commit (AlignAtt, EDAtt). The session then decodes only a partial
+    caption's worth of words past that point."""
 
     name: str
+    writes_only_at_end: bool
+    needs_source_words: bool
+    stop_hooks: bool
 
     def init_state(self) -> Any: ...
 
     def decide(self, view: PolicyView, state: Any) -> tuple[Decision, Any]: ...
 
+    def max_commit_words(self, view: PolicyView, state: Any) -> int | None: ...
+
+    def late_token(self, view: PolicyView, state: Any) -> Callable[[np.ndarray], bool] | None: ...
+
     def spec(self) -> str: ...
+
+
+class PolicyBase:
+    """The defaults of a policy's optional capabilities: none of them (see `Policy`)."""
+
+    name = ""
+    writes_only_at_end = False
+    needs_source_words = False
+    stop_hooks = False
+
+    def max_commit_words(self, view: PolicyView, state: Any) -> int | None:
+        return None
+
+    def late_token(self, view: PolicyView, state: Any) -> Callable[[np.ndarray], bool] | None:
+        return None
 
 
 def word_starts(pieces: list[str]) -> list[int]:

@@ -23,7 +23,7 @@ from streamst.policies.attention import (
     require_attention,
     token_frame_matrix,
 )
-from streamst.policies.base import Decision, PolicyView, format_spec, register
+from streamst.policies.base import Decision, PolicyBase, PolicyView, format_spec, register
 
 
 def last_frames_mass(matrix: np.ndarray, n_last: int) -> np.ndarray:
@@ -33,7 +33,8 @@ def last_frames_mass(matrix: np.ndarray, n_last: int) -> np.ndarray:
 
 @register("edatt")
 @dataclass(frozen=True)
-class EDAtt:
+class EDAtt(PolicyBase):
+    stop_hooks = True  # late_token bounds decoding
     alpha: float = 0.2
     lambda_: int = 2
     layer: int = -1

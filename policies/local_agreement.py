@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streamst.policies.base import WORD_START, Decision, PolicyView, format_spec, register, word_starts
+from streamst.policies.base import WORD_START, Decision, PolicyBase, PolicyView, format_spec, register, word_starts
 
 # One remembered hypothesis: the number of words committed when it was made, then its candidate words.
 Hypothesis = tuple[int, tuple[str, ...]]
@@ -29,7 +29,7 @@ def word_at(hyp: Hypothesis, position: int) -> str | None:
 
 @register("la")
 @dataclass(frozen=True)
-class LocalAgreement:
+class LocalAgreement(PolicyBase):
     n: int = 2
 
     def __post_init__(self) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streamst.policies.base import Decision, PolicyView, format_spec, register
+from streamst.policies.base import Decision, PolicyBase, PolicyView, format_spec, register
 
 
 @register("offline")
 @dataclass(frozen=True)
-class Offline:
+class Offline(PolicyBase):
     writes_only_at_end = True  # the session skips decoding until the stream ends
 
     def init_state(self) -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 
 from streamst.policies.alignatt import align_view, first_token_in_window
 from streamst.policies.attention import check_heads, require_attention
-from streamst.policies.base import WORD_START, Decision, PolicyView, format_spec, register, word_starts
+from streamst.policies.base import WORD_START, Decision, PolicyBase, PolicyView, format_spec, register, word_starts
 
 STRONG_PUNCTUATION = ".!?:;。！？：；"
 _CLOSERS = "\"')]}»”’"
@@ -52,7 +52,7 @@ def ends_sentence(word: str) -> bool:
 
 @register("streamatt")
 @dataclass(frozen=True)
-class StreamAtt:
+class StreamAtt(PolicyBase):
     frames: int = 4
     history_words: int = 20
     history: str = "words"

@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streamst.policies.base import Decision, PolicyView, format_spec, register, word_starts
+from streamst.policies.base import Decision, PolicyBase, PolicyView, format_spec, register, word_starts
 
 
 @register("waitk")
 @dataclass(frozen=True)
-class WaitK:
+class WaitK(PolicyBase):
+    stop_hooks = True  # max_commit_words bounds decoding
     k: int = 3
     unit: str = "chunk"
     chunk_ms: float = 0.0

@@ -160,11 +160,15 @@ class OnnxSpeechModel:
     def drop_frames(self, state: OnnxStreamState, n: int) -> OnnxStreamState:
         return state  # the encoder's caches are already bounded; the session trims its memory
 
-    def decode(self, memory: Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
-               stop: StopRule | None = None) -> Hypothesis:
+    def decode(self, memory: Tensor, prefix: list[int], state: OnnxStreamState, *, beam: int = 1,
+               max_tokens: int = 64, stop: StopRule | None = None) -> tuple[Hypothesis, OnnxStreamState]:
         tok = self.tokenizer
-        return decode(self.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
-                      stop=stop, word_start_ids=tok.word_start_ids)
+        hyp = decode(self.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
+                     stop=stop, word_start_ids=tok.word_start_ids)
+        return hyp, state
+
+    def samples_cut(self, state: OnnxStreamState) -> int:
+        return 0
 
     def ctc_tokens(self, memory: Tensor) -> list[int]:
         """Greedy CTC: best piece per frame, repeats merged, blanks removed."""

@@ -20,7 +20,7 @@ from streamst.audio import SAMPLE_RATE, AudioFormat, Chunker
 from streamst.decoding import StopRule
 from streamst.events import Event, Partial, Word
 from streamst.policies.base import Candidate, Policy, PolicyView, word_starts
-from streamst.speech_model import Hypothesis
+from streamst.speech_model import Hypothesis, SpeechModel
 from streamst.tokenizer import WORD_START
 
 
@@ -30,6 +30,7 @@ class DecodeRequest:
 
     memory: torch.Tensor
     prefix: list[int]
+    state: Any  # the stream's model state, which `model.decode` takes and returns
     beam: int
     max_tokens: int
     stop: StopRule | None = None  # where the continuation may end: what the policy may commit, plus the partial
@@ -40,7 +41,7 @@ class Session:
 
     def __init__(
         self,
-        model: Any,
+        model: SpeechModel,
         policy: Policy,
         audio_format: AudioFormat = AudioFormat(),
         *,
@@ -64,7 +65,7 @@ class Session:
         # words decoded beyond what the policy may commit, shown as the partial caption (None: decode the whole
         # continuation every chunk, as before policies could bound it)
         self.partial_words = partial_words
-        self.enc_state = model.init_state()
+        self.model_state = model.init_state()  # the model's per-stream value (encoder caches, window, ...)
         self.memory: torch.Tensor | None = None  # encoder frames the decoder attends to
         self.frames_dropped = 0  # frames forgotten from the front of the memory (StreamAtt)
         self.policy_state = policy.init_state()
@@ -122,9 +123,9 @@ class Session:
         chunks = self.chunker.flush() or [np.zeros(0, dtype=np.float32)]
         return [(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
 
-    def absorb(self, audio: np.ndarray, frames: torch.Tensor, enc_state: Any) -> None:
+    def absorb(self, audio: np.ndarray, frames: torch.Tensor, model_state: Any) -> None:
         """Take the encoder's output for one chunk: the new frames join the memory, the state is kept."""
-        self.enc_state = enc_state
+        self.model_state = model_state
         if self.model.appends_memory and self.memory is not None:
             self.memory = torch.cat([self.memory, frames], dim=0)
         else:
@@ -136,7 +137,7 @@ class Session:
         """What the decoder must continue now (memory, forced prefix, beam, budget); None when no decision is due."""
         if self.memory is None or self.memory.shape[0] == 0:
             return None
-        if not final and getattr(self.policy, "writes_only_at_end", False):
+        if not final and self.policy.writes_only_at_end:
             return None
         prefix = [t for word in self.history for t in word]
         if self.max_tokens_per_s is None:
@@ -150,32 +151,33 @@ class Session:
             budget = min(allowance, self.memory.shape[0] + 16)
         else:
             budget = min(self.max_new_tokens, self.memory.shape[0] // 2 + 8, allowance)
-        positions = getattr(self.model, "max_target_tokens", None)
+        positions = self.model.max_target_tokens
         if positions is not None:
             budget = max(0, min(budget, positions - 1 - len(prefix)))
-        return DecodeRequest(self.memory, prefix, self.beam, budget, self._stop_rule(final))
+        return DecodeRequest(self.memory, prefix, self.model_state, self.beam, budget, self._stop_rule(final))
 
     def _stop_rule(self, final: bool) -> StopRule | None:
         """Where the policy will commit no more on this chunk, known before decoding: a word count
         (`max_commit_words`) or a test on each token's attention (`late_token`); None when it has neither."""
-        words_hook = getattr(self.policy, "max_commit_words", None)
-        late_hook = getattr(self.policy, "late_token", None)
-        if self.partial_words is None or (words_hook is None and late_hook is None):
+        if self.partial_words is None or not self.policy.stop_hooks:
             return None
         view = PolicyView(candidate=Candidate([], []), committed=list(self.words), frames=self.memory.shape[0],
                           frame_ms=self.model.frame_ms, source_ms=self.source_ms, chunks=self.chunks, finished=final)
-        words = None if words_hook is None else words_hook(view, self.policy_state)
-        late = None if late_hook is None else late_hook(view, self.policy_state)
+        words = self.policy.max_commit_words(view, self.policy_state)
+        late = self.policy.late_token(view, self.policy_state)
         if words is None and late is None:
             return None
         return StopRule(None if words is None else words + self.partial_words, late, self.partial_words)
 
-    def commit(self, request: DecodeRequest, hyp: Hypothesis, final: bool, t0: float, shared_s: float = 0.0) -> list[Event]:
-        """Run the policy on the decoder's continuation and emit the committed words and the partial tail.
+    def commit(self, request: DecodeRequest, hyp: Hypothesis, model_state: Any, final: bool, t0: float,
+               shared_s: float = 0.0) -> list[Event]:
+        """Take `model.decode`'s continuation and state, run the policy on it, and emit the committed words and the
+        partial tail.
 
         `t0` is when this stream's own work on the chunk began and `shared_s` its share of batched work before
         that; both go into each word's `compute_ms`.
         """
+        self.model_state = model_state
         tok = self.model.tokenizer
         prefix = request.prefix
         pieces = tok.pieces(hyp.tokens)
@@ -188,7 +190,7 @@ class Session:
             source_ms=self.source_ms,
             chunks=self.chunks,
             finished=final,
-            source_words=self.model.ctc_words(self.memory) if getattr(self.policy, "needs_source_words", False) else None,
+            source_words=self.model.ctc_words(self.memory) if self.policy.needs_source_words else None,
             prefix_attention=None if hyp.prefix_attention is None else hyp.prefix_attention.float().numpy(),
             prefix_pieces=tok.pieces(prefix),
         )
@@ -213,7 +215,7 @@ class Session:
             if self.model.appends_memory:  # a re-encoding model rebuilds its memory from the trimmed window
                 self.memory = self.memory[drop:]
             self.frames_dropped += drop
-            self.enc_state = self.model.drop_frames(self.enc_state, drop)
+            self.model_state = self.model.drop_frames(self.model_state, drop)
         partial = "" if final else tok.decode(hyp.tokens[n:]).strip()
         if partial != self._last_partial:
             events.append(Partial(partial, self.source_ms))
@@ -224,14 +226,15 @@ class Session:
 
     def _step(self, audio: np.ndarray, final: bool) -> list[Event]:
         t0 = self.clock()
-        frames, enc_state = self.model.encode(torch.from_numpy(np.require(audio, np.float32, ['C', 'W'])), self.enc_state, final)
-        self.absorb(audio, frames, enc_state)
+        audio_t = torch.from_numpy(np.require(audio, np.float32, ['C', 'W']))
+        frames, model_state = self.model.encode(audio_t, self.model_state, final)
+        self.absorb(audio, frames, model_state)
         events: list[Event] = []
         request = self.decode_request(final)
         if request is not None:
-            hyp = self.model.decode(request.memory, request.prefix, beam=request.beam, max_tokens=request.max_tokens,
-                                    stop=request.stop)
-            events = self.commit(request, hyp, final, t0)
+            hyp, model_state = self.model.decode(request.memory, request.prefix, request.state, beam=request.beam,
+                                                 max_tokens=request.max_tokens, stop=request.stop)
+            events = self.commit(request, hyp, model_state, final, t0)
         self.compute_s += self.clock() - t0
         return events
 
@@ -242,7 +245,7 @@ class Session:
         best = attention[-1].mean(0)[a:b].argmax(-1)
         frame_ms = self.model.frame_ms
         # audio a model cut from its own window (Whisper's trims, VAD silence) is not in `frames_dropped`
-        offset = getattr(self.enc_state, "trimmed_samples", 0) * 1000.0 / SAMPLE_RATE
+        offset = self.model.samples_cut(self.model_state) * 1000.0 / SAMPLE_RATE
         return ((float(best.min()) + self.frames_dropped) * frame_ms + offset,
                 (float(best.max()) + 1 + self.frames_dropped) * frame_ms + offset)
 

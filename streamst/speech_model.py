@@ -32,17 +32,18 @@ class Hypothesis:
 
 
 class SpeechModel(Protocol):
-    """What `Session` needs from a model.
+    """What `Session` needs from a model. The model holds no per-stream state: each stream's model state (encoder
+    caches, Whisper's window and prompt, decoder caches) is a value that `encode` and `decode` take and return.
 
-    `frame_ms`: source ms per encoder frame. `appends_memory`: True when `encode` returns only the frames of
-    new audio (causal cached encoder), False when it returns the whole current memory (Whisper re-encodes its
-    window every chunk).
+    Declared capabilities: `frame_ms`, source ms per encoder frame; `appends_memory`, True when `encode`
+    returns only the frames of new audio (causal cached encoder), False when it returns the whole current memory
+    (a model that re-encodes its window every chunk); `max_target_tokens`, the decoder's positions (start
+    tokens + forced prefix + continuation; None: unbounded), which the session never asks to exceed.
     """
 
     frame_ms: float
     appends_memory: bool
-    # optional: max_target_tokens, the decoder's positions (bos + forced prefix + continuation); the session
-    # never asks for more
+    max_target_tokens: int | None
     tokenizer: Tokenizer  # target-side tokenizer (what the decoder writes)
     task: str  # "asr" or "st"
 
@@ -56,12 +57,18 @@ class SpeechModel(Protocol):
         """Forget the first n frames of the memory (StreamAtt); a no-op for appending encoders."""
         ...
 
-    def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
-               stop: StopRule | None = None) -> Hypothesis:
+    def decode(self, memory: torch.Tensor, prefix: list[int], state: Any, *, beam: int = 1, max_tokens: int = 64,
+               stop: StopRule | None = None) -> tuple[Hypothesis, Any]:
         """Force `prefix` (target token ids of the kept history), then continue greedily or with beam search;
-        greedy decoding may end early where `stop` (`streamst.decoding.StopRule`) says."""
+        greedy decoding may end early where `stop` (`streamst.decoding.StopRule`) says. Returns the continuation
+        and the stream's new model state."""
         ...
 
     def ctc_words(self, memory: torch.Tensor) -> int | None:
         """Words in the source so far, from the CTC head (None if the model has none)."""
+        ...
+
+    def samples_cut(self, state: Any) -> int:
+        """16 kHz samples the model itself cut from the front of its window (0 for most models), so word
+        spans stay on the stream's clock."""
         ...

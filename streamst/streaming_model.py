@@ -61,11 +61,15 @@ class StreamingSpeechModel:
     def drop_frames(self, state: StreamState, n: int) -> StreamState:
         return state  # the encoder's caches are already bounded; the session trims its memory
 
-    def decode(self, memory: Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
-               stop: StopRule | None = None) -> Hypothesis:
+    def decode(self, memory: Tensor, prefix: list[int], state: StreamState, *, beam: int = 1, max_tokens: int = 64,
+               stop: StopRule | None = None) -> tuple[Hypothesis, StreamState]:
         tok = self.tokenizer
-        return decode(self.net.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
-                      stop=stop, word_start_ids=tok.word_start_ids)
+        hyp = decode(self.net.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
+                     stop=stop, word_start_ids=tok.word_start_ids)
+        return hyp, state
+
+    def samples_cut(self, state: StreamState) -> int:
+        return 0
 
     @torch.inference_mode()
     def ctc_tokens(self, memory: Tensor) -> list[int]:

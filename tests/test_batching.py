@@ -17,6 +17,7 @@ from streamst.batching.steps import encode_many, greedy_many
 from streamst.decoding import decode
 from streamst.events import Word
 from streamst.policies import parse_policy
+from streamst.policies.base import PolicyBase
 from streamst.server.batching import BatchingScheduler
 from streamst.session import Session
 
@@ -136,7 +137,7 @@ def test_beam_search_streams_fall_back_to_their_own_decoder_in_a_mixed_batch(tin
 
 
 @dataclass(frozen=True)
-class FailsAtChunk:
+class FailsAtChunk(PolicyBase):
     """A real policy (wait-k) that raises once the stream has read `chunk` chunks: a bug in one stream."""
 
     chunk: int

@@ -234,11 +234,11 @@ def _counting(model):
     calls = []
     decode = model.decode
 
-    def counted(memory, prefix, **kw):
-        hyp = decode(memory, prefix, **kw)
+    def counted(memory, prefix, state, **kw):
+        hyp, state = decode(memory, prefix, state, **kw)
         stop = kw.get("stop")
         calls.append((None if stop is None else stop.max_words, len(hyp.tokens)))
-        return hyp
+        return hyp, state
 
     model.decode = counted
     return calls

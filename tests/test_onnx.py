@@ -139,7 +139,7 @@ def test_batched_greedy_with_padding_equals_one_stream_at_a_time(tiny_model, onn
     torch.manual_seed(1)
     memories = [torch.randn(n, cfg.d_model) for n in (4, 19, 33)]
     prefixes = [[], [5, 6, 7, 8], [9]]
-    want = [tiny_model.decode(m, p, max_tokens=5).tokens for m, p in zip(memories, prefixes)]
+    want = [tiny_model.decode(m, p, None, max_tokens=5)[0].tokens for m, p in zip(memories, prefixes)]
     for runner in (StepRunner(cfg, onnx_dir=onnx_dir), StepRunner(cfg, net=tiny_model.net)):
         got = greedy_batch(runner, [m.numpy() for m in memories], prefixes, tiny_model.tokenizer.bos,
                            tiny_model.tokenizer.eos, 5)

@@ -66,6 +66,7 @@ class ScriptedModel:
 
     frame_ms = FRAME_MS
     appends_memory = True
+    max_target_tokens = None
     task = "asr"
 
     def __init__(self, pieces: list[str], frames: list[int]):
@@ -88,8 +89,8 @@ class ScriptedModel:
             rows[r, min(max(self.script_frames[i] - first, 0), n_frames - 1)] = 0.6
         return rows[None, None]  # [layers, heads, tokens, frames]
 
-    def decode(self, memory: torch.Tensor, prefix: list[int], *, beam: int = 1, max_tokens: int = 64,
-               stop: StopRule | None = None) -> Hypothesis:
+    def decode(self, memory: torch.Tensor, prefix: list[int], state: int, *, beam: int = 1, max_tokens: int = 64,
+               stop: StopRule | None = None) -> tuple[Hypothesis, int]:
         first, last = int(memory[0, 0]), int(memory[-1, 0])
         if prefix:
             nxt = prefix[-1] + 1
@@ -107,7 +108,10 @@ class ScriptedModel:
             attention=self._rows(tokens, first, memory.shape[0]),
             ended=bool(tokens) and tokens[-1] == len(self.script_frames) - 1,
             prefix_attention=self._rows(prefix, first, memory.shape[0]) if prefix else None,
-        )
+        ), state
+
+    def samples_cut(self, state: int) -> int:
+        return 0
 
     def ctc_words(self, memory: torch.Tensor) -> int | None:
         last = int(memory[-1, 0])

@@ -6,6 +6,7 @@ from Debian's `pocketsphinx-testdata`; the tests that need them skip with a reas
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -232,7 +233,7 @@ def test_silence_gives_no_text_and_vad_skips_the_encoder(model):
     frames, state = gated.encode(torch.from_numpy(silence), state)
     assert frames.shape[0] == 0 and state.encoded is None and not state.speech_seen
     assert state.audio.numel() <= 16000  # only a short tail of the silence is kept
-    assert gated.decode(frames, []).tokens == []
+    assert gated.decode(frames, [], state)[0].tokens == []
 
 
 @needs_weights
@@ -282,7 +283,7 @@ def _session_words(model, audio: np.ndarray, policy: str = "alignatt:frames=40",
     words, windows = [], []
     for start in range(0, len(audio), step):
         words += [e.text for e in session.push(audio[start: start + step]) if isinstance(e, Word)]
-        windows.append(session.enc_state.audio.numel() / 16000)
+        windows.append(session.model_state.audio.numel() / 16000)
     words += [e.text for e in session.finish() if isinstance(e, Word)]
     return words, windows, session
 
@@ -302,7 +303,7 @@ def test_long_stream_trims_the_window_at_committed_words_and_keeps_the_text(mode
     trimming = WhisperStreamingModel(model.loaded, trim_after_s=6.0, keep_s=3.0)
     words, windows, session = _session_words(trimming, audio, chunk_ms=1500)
     assert max(windows) <= 7.5  # trim_after_s + one chunk
-    assert session.enc_state.trimmed_samples >= 12 * 16000 and session.enc_state.info.prompt_tokens >= 40
+    assert session.model_state.trimmed_samples >= 12 * 16000 and session.model_state.info.prompt_tokens >= 40
     assert corpus_wer([reference], [" ".join(words)]) <= 0.08, " ".join(words)
 
 
@@ -325,8 +326,8 @@ def test_no_text_on_silence_or_seeded_noise_and_the_guard_is_what_stops_it(model
 def test_repetition_guard_on_real_speech(model):
     """A repetitive prompt drives tiny.en into an " and and and ..." loop on a real clip; the guard cuts it."""
     audio, _ = librivox_clips()[0]
-    memory, _ = model.encode(torch.from_numpy(audio[: 2560 * 16]), model.init_state())
-    hyp = model.decode(memory, [], max_tokens=60, prompt=model.tokenizer.encode(" and" * 12))
+    memory, state = model.encode(torch.from_numpy(audio[: 2560 * 16]), model.init_state())
+    hyp, _ = model.decode(memory, [], state, max_tokens=60, prompt=model.tokenizer.encode(" and" * 12))
     text = model.tokenizer.decode(hyp.tokens)
     assert hyp.ended and text.split().count("and") <= 2, text
 
@@ -343,7 +344,7 @@ def test_vad_trims_leading_silence_and_passes_speech(model):
     lead = (0.002 * rng.standard_normal(16000 * 5)).astype(np.float32)
     gated = WhisperStreamingModel(model.loaded, vad=SileroVAD())
     words, _, session = _session_words(gated, np.concatenate([lead, audio]))
-    assert session.enc_state.speech_seen and session.enc_state.trimmed_samples >= 16000 * 3
+    assert session.model_state.speech_seen and session.model_state.trimmed_samples >= 16000 * 3
     assert corpus_wer([reference], [" ".join(words)]) <= 0.15, words
 
 
@@ -387,16 +388,17 @@ def test_language_detection_logic_once_per_stream(model):
     assert translator.multilingual and translator.task == "st"
     audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
     memory, state = translator.encode(torch.from_numpy(audio), translator.init_state())
-    translator.decode(memory, [], max_tokens=2)
+    _, state = translator.decode(memory, [], state, max_tokens=2)
     assert state.info.language == "de"
-    state.info.language = "es"  # once a word is committed the stream keeps its language: no new detection
-    translator.decode(memory, [tok.encode(" hello")[0]], max_tokens=2)
+    # once a word is committed the stream keeps its language: no new detection
+    state = dataclasses.replace(state, info=dataclasses.replace(state.info, language="es"))
+    _, state = translator.decode(memory, [tok.encode(" hello")[0]], state, max_tokens=2)
     assert state.info.language == "es"
-    translator.decode(memory, [], max_tokens=2)  # nothing committed yet: detection runs again
+    _, state = translator.decode(memory, [], state, max_tokens=2)  # nothing committed yet: detection runs again
     assert state.info.language == "de"
     fixed = WhisperStreamingModel(loaded, language="it", no_speech_threshold=1.0)
     memory, state = fixed.encode(torch.from_numpy(audio), fixed.init_state())
-    fixed.decode(memory, [], max_tokens=2)
+    _, state = fixed.decode(memory, [], state, max_tokens=2)
     assert state.info.language is None and fixed.sot_sequence[1] == tok.language_ids["it"]
     assert model.multilingual is False and model.sot_sequence == [50257, 50362]  # tiny.en: no detection
 

@@ -28,6 +28,7 @@ class _Work:
     shared_s: float = 0.0  # this stream's share of batched compute so far
     request: DecodeRequest | None = None
     hyp: Any = None
+    decoded_state: Any = None  # the model state `decode` returned
     error: BaseException | None = None
     events: list[Event] = field(default_factory=list)
 
@@ -56,7 +57,7 @@ def step_sessions(rows: list[tuple[Session, np.ndarray, bool]], clock=time.perf_
             t0 = clock()
             try:
                 if w.request is not None:
-                    w.events = w.session.commit(w.request, w.hyp, w.final, t0, w.shared_s)
+                    w.events = w.session.commit(w.request, w.hyp, w.decoded_state, w.final, t0, w.shared_s)
             except Exception as e:  # noqa: BLE001
                 w.error = e
             w.session.compute_s += w.shared_s + clock() - t0
@@ -76,7 +77,7 @@ def _encode(group: list[_Work], clock) -> None:
     if len(group) > 1 and can_batch(model):
         t0 = clock()
         try:
-            outs = encode_many(model, audios, [w.session.enc_state for w in group], [w.final for w in group])
+            outs = encode_many(model, audios, [w.session.model_state for w in group], [w.final for w in group])
         except Exception:  # noqa: BLE001 - find the stream at fault by running each alone
             outs = None
         if outs is not None:
@@ -88,7 +89,7 @@ def _encode(group: list[_Work], clock) -> None:
     for w, audio in zip(group, audios):
         t0 = clock()
         try:
-            frames, state = model.encode(audio, w.session.enc_state, w.final)
+            frames, state = model.encode(audio, w.session.model_state, w.final)
         except Exception as e:  # noqa: BLE001
             w.error = e
             continue
@@ -119,14 +120,15 @@ def _decode(group: list[_Work], clock) -> None:
         if hyps is not None:
             share = (clock() - t0) / len(greedy)
             for w, hyp in zip(greedy, hyps):
-                w.hyp, w.shared_s = hyp, w.shared_s + share
+                w.hyp, w.decoded_state, w.shared_s = hyp, w.request.state, w.shared_s + share
     for w in group:
         if w.hyp is not None:
             continue
         t0 = clock()
         try:
             r = w.request
-            w.hyp = model.decode(r.memory, r.prefix, beam=r.beam, max_tokens=r.max_tokens, stop=r.stop)
+            w.hyp, w.decoded_state = model.decode(r.memory, r.prefix, r.state, beam=r.beam, max_tokens=r.max_tokens,
+                                                  stop=r.stop)
         except Exception as e:  # noqa: BLE001
             w.error = e
         w.shared_s += clock() - t0

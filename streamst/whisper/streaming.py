@@ -10,9 +10,8 @@ Long streams: once the window holds more than `trim_after_s` of audio, `encode` 
 committed word (the quietest frame between that word and the next, as the decoder's alignment places them),
 keeping at least `keep_s`; the committed words whose audio is gone stop being forced and become Whisper's
 prompt (<|startofprev|> text). So the window stays under 30 s and the decoder input bounded however long the
-stream. The session hands `decode` the whole committed prefix and no stream state, so the per-stream
-`WindowInfo` (how many prefix tokens are prompt, where the committed words lie, the detected language) rides
-on the encoder output tensor that `encode` returns a view of.
+stream. The per-stream `WindowInfo` (how many prefix tokens are prompt, where the committed words lie, the
+detected language) is part of the stream's model state, which `decode` takes and returns.
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ from streamst.whisper.vad import SileroVAD, VadState
 
 @dataclass
 class WindowInfo:
-    """What `decode` learns about a stream's window and `encode` uses to trim it (one per stream, mutable)."""
+    """What `decode` learns about a stream's window and `encode` uses to trim it."""
 
     prompt_tokens: int = 0  # leading tokens of the committed prefix whose audio was cut: they are the prompt now
     # for each committed word in the window: (forced-prefix tokens through it, its last frame, next word's first)
@@ -61,6 +60,7 @@ class WhisperStreamingModel:
 
     frame_ms = SAMPLES_PER_ENCODER_FRAME * 1000 / 16000  # 20 ms per encoder frame
     appends_memory = False
+    max_target_tokens = None  # the decoder's 448 positions are budgeted here, prompt and start tokens included
     max_frames = 1500  # the window: 30 s
 
     def __init__(
@@ -72,7 +72,6 @@ class WhisperStreamingModel:
         attention: str = "alignment",
         no_speech_threshold: float = 0.6,
         vad: SileroVAD | None = None,
-        threads: int | None = None,
         trim_after_s: float = 20.0,
         keep_s: float = 10.0,
     ):
@@ -96,7 +95,6 @@ class WhisperStreamingModel:
         self.attention_mode = attention
         self.no_speech_threshold = no_speech_threshold
         self.vad = vad
-        self.threads = threads
         self.trim_after_samples, self.keep_samples = int(trim_after_s * 16000), int(keep_s * 16000)
         vocab = len(self.tokenizer)
         self.suppress = torch.zeros(max(vocab, self.config.n_vocab), dtype=torch.bool)
@@ -139,7 +137,6 @@ class WhisperStreamingModel:
         encoded = state.encoded
         if encoded is None or audio.numel() or cut:
             encoded = self.encode_window(window)
-        encoded._streamst_window = info  # what decode needs and the session does not pass (see the module doc)
         state = replace(state, audio=window, encoded=encoded, trimmed_samples=trimmed, vad=vad_state,
                         speech_seen=speech_seen, info=info)
         return encoded[: self.real_frames(window.numel())], state
@@ -171,9 +168,8 @@ class WhisperStreamingModel:
 
     def encode_window(self, window: Tensor) -> Tensor:
         """Encoder output [1500, D] of one window of audio padded to 30 s."""
-        self._set_threads()
         mel = window_features(window, self.config.n_mels)
-        return self.net.encoder(mel[None])[0].clone()  # a root tensor: memory views point back to it
+        return self.net.encoder(mel[None])[0]
 
     @staticmethod
     def real_frames(n_samples: int) -> int:
@@ -193,6 +189,9 @@ class WhisperStreamingModel:
     def ctc_words(self, memory: Tensor) -> int | None:
         return None
 
+    def samples_cut(self, state: WhisperStreamState) -> int:
+        return state.trimmed_samples
+
     # ------------------------------------------------------------------ decoder side
 
     @torch.no_grad()
@@ -200,32 +199,34 @@ class WhisperStreamingModel:
         self,
         memory: Tensor,
         prefix: list[int],
+        state: WhisperStreamState,
         *,
         beam: int = 1,
         max_tokens: int = 64,
         stop: StopRule | None = None,
         prompt: list[int] | None = None,
-    ) -> Hypothesis:
+    ) -> tuple[Hypothesis, WhisperStreamState]:
         """Force [<|startofprev|> prompt] SOT-sequence prefix, then continue greedily (beam > 1: beam search).
 
-        `memory` is what `encode` returned; when it is a view of the padded window's encoder output (it is,
-        unless the caller copied it) the decoder attends over the whole window as Whisper was trained to.
+        `memory` is what `encode` returned (the real frames); the decoder attends over the stream's whole padded
+        window, as Whisper was trained to. The state comes back with the window's word boundaries (where a trim
+        may cut) and the detected language.
         """
         n_real = memory.shape[0]
         empty_att = torch.zeros(*self._att_shape(), 0, n_real)
         if n_real == 0:
-            return Hypothesis([], empty_att, False, 0.0, torch.zeros(*self._att_shape(), len(prefix), 0))
-        self._set_threads()
-        features = self._window_of(memory)
-        info = getattr(features, "_streamst_window", None)
-        n_prompt = min(info.prompt_tokens, len(prefix)) if info is not None else 0
+            return Hypothesis([], empty_att, False, 0.0, torch.zeros(*self._att_shape(), len(prefix), 0)), state
+        features = state.encoded if state.encoded is not None and state.encoded.shape[0] >= n_real else memory
+        info = state.info
+        n_prompt = min(info.prompt_tokens, len(prefix))
         history, forced = list(prefix[:n_prompt]), list(prefix[n_prompt:])
         context = list(prompt or []) + history
         initial: list[int] = []
         if context:
             initial = [self.tokenizer.sot_prev] + context[-(self.config.n_text_ctx // 2 - 1):]
         cache = self.net.decoder.start(features[None])
-        sot_sequence = self._sot_sequence(initial, bool(prefix), info, cache)
+        sot_sequence, info = self._sot_sequence(initial, bool(prefix), info, cache)
+        state = replace(state, info=info)
         sot_index = len(initial)
         initial += sot_sequence
         n_forced_before_prefix = len(initial)
@@ -241,7 +242,7 @@ class WhisperStreamingModel:
             if no_speech is not None and self.no_speech_threshold < 1.0:
                 p = logits[0, sot_index].softmax(-1)[no_speech].item()
                 if p > self.no_speech_threshold:
-                    return Hypothesis([], empty_att, True, 0.0, prefix_out)
+                    return Hypothesis([], empty_att, True, 0.0, prefix_out), state
         if beam > 1:
             tokens, rows, ended, score = self._beam_search(logits[0, -1], cache, beam, max_tokens)
         else:
@@ -253,21 +254,22 @@ class WhisperStreamingModel:
         tokens, rows, looped = cut_repetition(tokens, rows)
         attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, features.shape[0])
         attention = self._fold(attention, n_real)
-        if info is not None and not info.session_drops:
-            info.boundaries = self._word_boundaries(forced, self._fold(prefix_att, n_real), attention)
-        return Hypothesis(tokens, attention, ended or looped, score, prefix_out)
+        if not info.session_drops:
+            boundaries = self._word_boundaries(forced, self._fold(prefix_att, n_real), attention)
+            state = replace(state, info=replace(info, boundaries=boundaries))
+        return Hypothesis(tokens, attention, ended or looped, score, prefix_out), state
 
-    def _sot_sequence(self, initial: list[int], committed: bool, info: WindowInfo | None, cache) -> list[int]:
-        """The SOT sequence; a multilingual model without a fixed language detects it once per stream: on each
-        decode until the first word is committed, then it keeps the language that word was decoded in."""
+    def _sot_sequence(self, initial: list[int], committed: bool, info: WindowInfo, cache) -> tuple[list[int], WindowInfo]:
+        """The SOT sequence and the info after it; a multilingual model without a fixed language detects it once per
+        stream: on each decode until the first word is committed, then it keeps the language that word was decoded
+        in."""
         if not self.multilingual or self.language is not None:
-            return self.sot_sequence
-        language = info.language if info is not None else None
+            return self.sot_sequence, info
+        language = info.language
         if language is None or not committed:
             language = self.detect_language(initial, cache)
-            if info is not None:
-                info.language = language
-        return self.tokenizer.sot_sequence(language, self.whisper_task)
+            info = replace(info, language=language)
+        return self.tokenizer.sot_sequence(language, self.whisper_task), info
 
     def detect_language(self, initial: list[int], cache) -> str:
         """The language whose token the decoder likes best right after <|startoftranscript|> (as Whisper does)."""
@@ -361,16 +363,6 @@ class WhisperStreamingModel:
             logits = logits.masked_fill(self.suppress_begin[: logits.shape[-1]], float("-inf"))
         return logits
 
-    def _window_of(self, memory: Tensor) -> Tensor:
-        """The padded window's encoder output behind `memory`, or `memory` itself if it is not such a view."""
-        base = memory._base
-        if (
-            base is not None and base.dim() == 2 and base.shape[0] == self.config.n_audio_ctx
-            and memory.data_ptr() == base.data_ptr() and memory.shape[1] == base.shape[1]
-        ):
-            return base
-        return memory
-
     def _att_shape(self) -> tuple[int, int]:
         if self.attention_mode == "all":
             return self.config.n_text_layer, self.config.n_text_head
@@ -397,10 +389,6 @@ class WhisperStreamingModel:
         token_past_end = past_end.mean(dim=(0, 1), keepdim=True)  # over layers and heads
         return torch.where(token_past_end > 0.5, folded, renormalised)
 
-    def _set_threads(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-
     # ------------------------------------------------------------------ whole files
 
     def transcribe(self, audio: np.ndarray | Tensor, *, beam: int = 1, max_tokens: int = 224) -> str:
@@ -408,8 +396,9 @@ class WhisperStreamingModel:
         audio = torch.as_tensor(audio, dtype=torch.float32)
         if audio.numel() > N_SAMPLES:
             raise ValueError("transcribe() takes at most 30 s; stream longer audio through a Session")
-        memory, _ = self.encode(audio, self.init_state(), final=True)
-        return self.tokenizer.decode(self.decode(memory, [], beam=beam, max_tokens=max_tokens).tokens).strip()
+        memory, state = self.encode(audio, self.init_state(), final=True)
+        hyp, _ = self.decode(memory, [], state, beam=beam, max_tokens=max_tokens)
+        return self.tokenizer.decode(hyp.tokens).strip()
 
 
 def language_from_logits(logits: Tensor, language_ids: dict[str, int]) -> str:
