@@ -65,6 +65,8 @@ def _source_name(value: Any) -> str | None:
 def _record_from_json(obj: Any, line_number: int, position: int) -> LogRecord:
     if not isinstance(obj, dict):
         raise ValueError("line is not a JSON object")
+    if "delays" not in obj and "emission_cu" not in obj:
+        raise ValueError("no 'delays' (or 'emission_cu'): not a SimulEval/OmniSTEval instance")
     delays = obj.get("delays", obj.get("emission_cu"))
     elapsed = obj.get("elapsed", obj.get("emission_ca"))
     delays = _numbers(delays, "delays")
@@ -89,11 +91,38 @@ def _record_from_json(obj: Any, line_number: int, position: int) -> LogRecord:
                      line_number=line_number, extra={k: v for k, v in obj.items() if k not in known})
 
 
+AUDIO_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"FORM")
+
+
+def check_text_log(path: str | os.PathLike) -> None:
+    """A clear error for what cannot be a log: a folder, a missing file, audio, or bytes that are not UTF-8."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p} is a folder; give a log file (SimulEval instances.log, OmniSTEval JSONL or "
+                         "simulstream log)")
+    if not p.is_file():
+        raise FileNotFoundError(f"no such log file: {p}")
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(AUDIO_MAGIC):
+        raise ValueError(f"{p} is audio, not a log: `streamst score` reads the logs that `streamst eval` or "
+                         "SimulEval write; to stream audio use `streamst translate` or `streamst eval`")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end of the 4,096 bytes
+            raise ValueError(f"{p} is not UTF-8 text (byte {e.start}), so not a SimulEval, OmniSTEval or "
+                             "simulstream log") from None
+
+
 def _json_lines(path: str | os.PathLike) -> Iterable[tuple[int, str]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                yield number, line
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield number, line
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}), so not a log") from None
 
 
 def sniff_kind(path: str | os.PathLike) -> str:

@@ -54,6 +54,14 @@ def reference_length(reference: str | None, unit: str, n_units: int, spm_encode:
     raise ValueError(f"unknown latency unit {unit!r} (word, char or spm)")
 
 
+def yaal_reference_length(reference: str | None, unit: str, n_units: int,
+                          spm_encode: Callable[[str], list] | None = None) -> int:
+    """Reference length |Y| of YAAL as OmniSTEval 0.1.10 counts it: its readers strip each reference line first,
+    then count ``split(" ")`` words (or characters); so leading and trailing spaces do not count, inner runs of
+    spaces do, as in SimulEval."""
+    return reference_length(reference.strip() if reference is not None else None, unit, n_units, spm_encode)
+
+
 def _check(delays: Sequence[Number], source_length: Number | None) -> None:
     if delays is None or len(delays) == 0:
         raise Undefined("no delays (empty prediction)")
@@ -270,14 +278,16 @@ class InstanceLatency:
 
 def score_instance(delays: Sequence[Number] | None, source_length: Number | None, ref_len: int | None,
                    elapsed: Sequence[Number] | None = None, computation_aware: bool = False,
-                   metrics: Iterable[str] = PLAIN_METRICS) -> InstanceLatency:
+                   metrics: Iterable[str] = PLAIN_METRICS, yaal_ref_len: int | None = None) -> InstanceLatency:
     """All requested metrics (and their ``_CA`` forms when asked) for one instance.
 
-    ``ref_len`` is |Y| from :func:`reference_length`; ``None`` means "use len(delays)".
+    ``ref_len`` is |Y| from :func:`reference_length` (SimulEval's count); ``None`` means "use len(delays)".
+    ``yaal_ref_len`` is YAAL's |Y| from :func:`yaal_reference_length` (OmniSTEval's count); ``None``: ``ref_len``.
     """
     out = InstanceLatency()
     n = len(delays) if delays else 0
     r = n if ref_len is None else ref_len
+    r_yaal = r if yaal_ref_len is None else yaal_ref_len
     streams = [("", delays)] + ([("_CA", elapsed)] if computation_aware else [])
     for suffix, stamps in streams:
         for name in metrics:
@@ -287,7 +297,7 @@ def score_instance(delays: Sequence[Number] | None, source_length: Number | None
             elif suffix == "_CA" and (stamps is None or len(stamps) == 0):
                 value, reason = None, "no elapsed"
             else:
-                value, reason = _safe(_FORMULAS[name], stamps, source_length, r)
+                value, reason = _safe(_FORMULAS[name], stamps, source_length, r_yaal if name == "YAAL" else r)
             out.values[key] = value
             if reason is not None:
                 out.reasons[key] = reason

@@ -199,7 +199,7 @@ def long_yaal(segments: Sequence[Segment], talks: Sequence[Talk], unit: str = "w
                 continue
             source_length = durations[local] if durations[local] > 0 else None
             to_end = recording_end - offsets[local]
-            r = len(refs[k].strip()) if char else len(refs[k].split(" "))
+            r = len(refs[k].strip()) if char else len(refs[k].strip().split(" "))  # OmniSTEval strips each line
             cu = [talk.delays_ms[w] - offsets[local] for w in words]
             record["emission_cu"] = cu
             try:
@@ -221,6 +221,14 @@ def long_yaal(segments: Sequence[Segment], talks: Sequence[Talk], unit: str = "w
         shown = ", ".join(map(str, ks[:10])) + (", ..." if len(ks) > 10 else "")
         result.warnings.append(f"{metric}: {len(ks)} segments skipped: {reason} (segments {shown})")
     result.values["LongYAAL"] = statistics.mean(cu_scores) if cu_scores else None
+    early = [d for r in result.resegmented for d in r.get("emission_cu", []) if d < 0]
+    if early:
+        total = sum(len(r.get("emission_cu", [])) for r in result.resegmented)
+        sign = "negative" if (result.values["LongYAAL"] or 0) < 0 else "lowered"
+        result.warnings.append(
+            f"LongYAAL is {sign} by {len(early)} of {total} words emitted before the start of the segment the "
+            "re-segmentation gave them to (as OmniSTEval computes it): the output follows the references poorly "
+            "where this happens; see BLEU and the re-segmented predictions")
     if computation_aware:
         result.values["LongYAAL_CA"] = statistics.mean(ca_scores) if ca_scores else None
     result.resegmented.sort(key=lambda r: r["index"])

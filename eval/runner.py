@@ -32,6 +32,10 @@ from . import formats, latency, longform, quality
 
 METRICS = latency.PLAIN_METRICS
 UNIT = "word"
+SHORTFORM_POLICY = "alignatt:frames=4"
+# A talk is one stream of many minutes: StreamAtt keeps the forced history and the audio memory bounded, where
+# AlignAtt re-reads every committed token each chunk and runs into the decoder's 512 positions.
+LONGFORM_POLICY = "streamatt:frames=4,history_words=20"
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ class EvalConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
-    parser.add_argument("--policy", default="alignatt:frames=4", help="policy spec (default alignatt:frames=4)")
+    parser.add_argument("--policy", default=None,
+                        help=f"policy spec (default: {SHORTFORM_POLICY}; with --longform {LONGFORM_POLICY})")
     parser.add_argument("--out", default=None, help="output folder (default eval-<split>-<model>-<policy>)")
     parser.add_argument("--fresh", action="store_true", help="discard an earlier run in --out instead of resuming")
 
@@ -64,8 +69,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `streamst eval` and `streamst sweep`."""
     parser.add_argument("--mustc", required=True, metavar="ROOT", help="MuST-C v1 layout root (holds PAIR/data/SPLIT)")
     parser.add_argument("--pair", default="en-de", help="language pair folder (default en-de; en-en for ASR corpora)")
-    parser.add_argument("--split", default="tst-COMMON")
-    parser.add_argument("--model", default="default", help="model name (see `streamst models`) or checkpoint path")
+    parser.add_argument("--split", default="tst-COMMON", help="split folder under PAIR/data (default tst-COMMON)")
+    parser.add_argument("--model", default=None,
+                        help="model name (see `streamst models`) or checkpoint path (default: the shipped model "
+                             "of the pair and task: en-de, en-es, or for en-en the default ASR model)")
     parser.add_argument("--task", choices=["st", "asr"], default=None,
                         help="reference side: st = target text, asr = source transcript (default: the model's task)")
     parser.add_argument("--longform", action="store_true", help="one stream per talk, re-segmented for scoring")
@@ -77,7 +84,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args, args.policy)
+    resolve_model_and_task(args)
+    config = config_from_args(args, args.policy or (LONGFORM_POLICY if args.longform else SHORTFORM_POLICY))
+    check_data(config)
     out = Path(args.out or f"eval-{args.split}-{Path(config.model).stem}-{slug(config.policy)}")
     scores = evaluate(config, out, workers=args.workers, progress=not args.no_progress, fresh=args.fresh)
     print_scores(scores, sys.stdout)
@@ -98,10 +107,48 @@ def config_from_args(args: argparse.Namespace, policy: str) -> EvalConfig:
     if not 0 < args.chunk_ms <= 60_000:
         raise ValueError("--chunk-ms must be in (0, 60000]")
     spec = parse_policy(policy).spec()
+    if args.model is None:
+        resolve_model_and_task(args)
     task = args.task or model_task(args.model)
     return EvalConfig(mustc=str(Path(args.mustc).resolve()), pair=args.pair, split=args.split, model=args.model,
                       policy=spec, task=task, longform=args.longform, chunk_ms=args.chunk_ms, beam=args.beam,
                       limit=args.limit)
+
+
+def resolve_model_and_task(args: argparse.Namespace) -> None:
+    """Fill in `args.model` (the pair's and task's default, `streamst.commands.common.default_model`) and
+    `args.task`, and refuse a model whose languages do not match `--pair` (en-de scored against Spanish)."""
+    from streamst.commands.common import check_model_languages, default_model
+
+    parts = args.pair.split("-")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"--pair must look like en-de (or en-en for ASR corpora), got {args.pair!r}")
+    if args.model is None:
+        args.task = args.task or ("asr" if parts[0] == parts[1] else "st")
+        args.model = default_model(args.task, args.pair)
+    else:
+        args.task = args.task or model_task(args.model)
+    check_model_languages(args.model, args.task, args.pair)
+
+
+def check_data(config: EvalConfig) -> None:
+    """Fail on a wrong --mustc, --pair or --split before anything is written."""
+    from streamst.data.mustc import split_paths
+
+    root = Path(config.mustc)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--mustc {root} is not a folder")
+    if not (root / config.pair).is_dir():
+        pairs = sorted(p.name for p in root.iterdir() if (p / "data").is_dir())
+        raise FileNotFoundError(f"no pair {config.pair!r} under {root} (found: {', '.join(pairs) or 'none'})")
+    yaml_path, src, tgt, _ = split_paths(root, config.pair, config.split)
+    if not yaml_path.parent.parent.is_dir():
+        splits = sorted(p.name for p in (root / config.pair / "data").glob("*") if p.is_dir())
+        raise FileNotFoundError(f"no split {config.split!r} of {config.pair} under {root} "
+                                f"(found: {', '.join(splits) or 'none'})")
+    for p in (yaml_path, src, tgt):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing")
 
 
 def model_task(model: str) -> str:
@@ -208,6 +255,8 @@ def run_talk(unit: Unit) -> dict:
         def on_step(audio_s: float, compute_s: float, new_words: list[str]) -> None:
             steps.append({"id": unit.index, "total_audio_processed": audio_s, "computation_time": compute_s,
                           "generated_tokens": new_words, "deleted_tokens": []})
+            if _WORKER.get("progress") is not None:
+                _WORKER["progress"](audio_s)
 
         words, session = _stream(audio, on_step)
         record = formats.instance_record(
@@ -353,8 +402,8 @@ def evaluate(config: EvalConfig, out: Path, workers: int = 1, progress: bool = T
     """Run (or resume) one evaluation into `out` and return the scores written to scores.json."""
     log = log or (lambda m: print(f"streamst eval: {m}", file=sys.stderr))
     out = Path(out)
+    units, skipped, in_scope = plan_units(config)  # a wrong path or split fails here, before run.json is written
     _prepare_out(out, config, fresh)
-    units, skipped, in_scope = plan_units(config)
     for entry in skipped:
         log(f"skipped: {entry['reason']}")
     instances_path, steps_path = out / "instances.log", out / "simulstream.log"
@@ -377,7 +426,9 @@ def evaluate(config: EvalConfig, out: Path, workers: int = 1, progress: bool = T
     record_log = AppendLog(instances_path)
     step_log = AppendLog(steps_path) if config.longform else None
     try:
-        for result in _results(config, pending, workers, progress, len(units), len(by_index)):
+        done_s = sum(unit_seconds(u) for u in units if u.index in by_index)
+        total_s = done_s + sum(unit_seconds(u) for u in pending)
+        for result in _results(config, pending, workers, progress, total_s, done_s):
             if "error" in result:
                 failures.append({"index": result["index"], "reason": result["error"]})
                 log(f"{'talk' if config.longform else 'segment'} {result['index']} skipped: {result['error']}")
@@ -414,31 +465,57 @@ def evaluate(config: EvalConfig, out: Path, workers: int = 1, progress: bool = T
     return scores
 
 
-def _results(config: EvalConfig, pending: list[Unit], workers: int, progress: bool, total: int,
-             done: int) -> Iterator[dict]:
-    """Results of the pending units in their order, from this process or a pool of `workers`."""
+def unit_seconds(unit: Unit) -> float:
+    """Audio seconds of a unit: the segment's duration, or the whole talk's (from the wav header)."""
+    if unit.duration > 0:
+        return unit.duration
+    try:
+        import soundfile
+
+        return float(soundfile.info(unit.wav).duration)
+    except Exception:  # an unreadable talk is reported when it runs
+        return 0.0
+
+
+def _results(config: EvalConfig, pending: list[Unit], workers: int, progress: bool, total_s: float,
+             done_s: float) -> Iterator[dict]:
+    """Results of the pending units in their order, from this process or a pool of `workers`.
+
+    The progress bar counts audio seconds, so a long talk moves it as it streams (one process) or when it ends
+    (a pool), and a short segment moves it little.
+    """
     from tqdm import tqdm
 
     job = run_talk if config.longform else run_segment
     jobs = pending if config.longform else _with_audio(pending)
-    bar = tqdm(total=total, initial=done, unit="talk" if config.longform else "seg", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=round(total_s, 1), initial=round(done_s, 1), unit="s", unit_scale=False, file=sys.stderr,
+               disable=not progress, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio "
+               "[{elapsed}<{remaining}]")
     init = (config.model, config.policy, config.chunk_ms, config.beam)
     try:
         if workers == 1 or len(pending) <= 1:
             _init_worker(*init, None)
             for unit in jobs:
-                yield job(unit)
-                bar.update(1)
+                seen = [0.0]
+
+                def advance(audio_s: float, seen=seen) -> None:
+                    bar.update(max(0.0, audio_s - seen[0]))
+                    seen[0] = max(seen[0], audio_s)
+
+                _WORKER["progress"] = advance
+                result = job(unit)
+                _WORKER["progress"] = None
+                bar.update(max(0.0, unit_seconds(unit) - seen[0]))
+                yield result
             return
         context = multiprocessing.get_context("spawn")
         with context.Pool(workers, initializer=_init_worker, initargs=(*init, 1)) as pool:
             # imap would read every job (and its audio) at once: feed it a window at a time instead
             jobs = iter(jobs)
             while window := list(itertools.islice(jobs, 4 * workers)):
-                for result in pool.imap(job, window, chunksize=1):
+                for unit, result in zip(window, pool.imap(job, window, chunksize=1)):
                     yield result
-                    bar.update(1)
+                    bar.update(unit_seconds(unit))
     finally:
         bar.close()
 
@@ -452,7 +529,9 @@ def score_shortform(records: list[dict]) -> tuple[dict, dict]:
     for rec in records:
         n = len(rec["delays"])
         ref_len = latency.reference_length(rec["reference"], UNIT, n)
-        values = latency.score_instance(rec["delays"], rec["source_length"], ref_len, rec["elapsed"], True, METRICS)
+        yaal_len = latency.yaal_reference_length(rec["reference"], UNIT, n)
+        values = latency.score_instance(rec["delays"], rec["source_length"], ref_len, rec["elapsed"], True, METRICS,
+                                        yaal_ref_len=yaal_len)
         for key, value in values.values.items():
             per_metric.setdefault(key, []).append(value)
     corpus = {key: latency.corpus_mean(values) for key, values in per_metric.items()}
@@ -475,6 +554,8 @@ def score_longform(out: Path, in_scope: list, records: list[dict], task: str) ->
     talks = longform.talks_from_simulstream(outputs)
     laal = longform.stream_laal(segments, talks, UNIT, True)
     yaal = longform.long_yaal(segments, talks, UNIT, None, True)
+    for warning in laal.warnings + yaal.warnings:
+        print(f"streamst eval: warning: {warning}", file=sys.stderr)
     corpus = {**laal.values, **yaal.values}
     reseg = yaal.resegmented
     signatures = _quality([r["prediction"] for r in reseg], [r["reference"] for r in reseg], corpus)

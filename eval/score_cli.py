@@ -21,7 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="instances.log, OmniSTEval JSONL or simulstream metrics log")
     parser.add_argument("--references", metavar="REF.txt", help="one reference per line (overrides the log's)")
     parser.add_argument("--segments", metavar="SEG.yaml", help="reference segmentation: long-form scoring")
-    parser.add_argument("--latency-unit", choices=["word", "char", "spm"], default="word")
+    parser.add_argument("--latency-unit", choices=["word", "char", "spm"], default="word",
+                        help="what a delay counts: words, characters (Chinese, Japanese), or SentencePiece pieces "
+                             "(short-form, with --spm-model); long-form spm is simulstream's: tokens joined at "
+                             "U+2581, counted as words")
     parser.add_argument("--spm-model", metavar="M", help="SentencePiece model for --latency-unit spm")
     parser.add_argument("--computation-aware", action="store_true", help="also the _CA metrics (from elapsed)")
     parser.add_argument("--per-instance", action="store_true", help="also the per-instance values")
@@ -80,8 +83,9 @@ def _shortform(args, log: formats.LogFile) -> tuple[dict, list[dict], dict]:
     for rec, ref in zip(records, references):
         n = len(rec.delays) if rec.delays else 0
         ref_len = latency.reference_length(ref, args.latency_unit, n, encode)
+        yaal_len = latency.yaal_reference_length(ref, args.latency_unit, n, encode)
         scores = latency.score_instance(rec.delays, rec.source_length, ref_len, rec.elapsed,
-                                        args.computation_aware, metrics)
+                                        args.computation_aware, metrics, yaal_ref_len=yaal_len)
         per_instance.append({"index": rec.index, **{k: scores.values[k] for k in names}})
         for key, reason in scores.reasons.items():
             undefined[(key, reason)].append(rec.index)
@@ -95,13 +99,15 @@ def _shortform(args, log: formats.LogFile) -> tuple[dict, list[dict], dict]:
 
 
 def _longform(args) -> tuple[dict, list[dict], dict]:
-    if args.latency_unit == "spm":
-        raise ValueError("long-form scoring supports --latency-unit word or char")
     if not args.references:
         raise ValueError("--segments needs --references (one line per segment)")
+    unit, detokenizer = args.latency_unit, args.detokenizer
+    if unit == "spm":  # as simulstream's `latency_unit: spm`: tokens joined at U+2581, latency counted in words
+        unit, detokenizer = "word", ("spm" if detokenizer == "auto" else detokenizer)
+    args.latency_unit = unit
     segments = longform.make_segments(formats.read_segments(args.segments), formats.read_references(args.references))
     if formats.sniff_kind(args.file) == "simulstream":
-        outputs, warnings = formats.read_simulstream(args.file, args.latency_unit, args.detokenizer, args.strict)
+        outputs, warnings = formats.read_simulstream(args.file, unit, detokenizer, args.strict)
         talks = longform.talks_from_simulstream(outputs)
     else:
         log = formats.read_instances(args.file, args.strict)
@@ -125,6 +131,10 @@ def _longform(args) -> tuple[dict, list[dict], dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    formats.check_text_log(args.file)
+    for extra in (args.references, args.segments):
+        if extra:
+            formats.check_text_log(extra)
     if args.segments:
         corpus, per_instance, signatures = _longform(args)
     else:

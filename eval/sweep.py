@@ -47,10 +47,11 @@ def columns(longform: bool, task: str) -> tuple[str, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     specs = parse_policies(args.policies)
-    args.task = args.task or runner.model_task(args.model)  # read the checkpoint once, not per setting
+    runner.resolve_model_and_task(args)  # the default model, the task and the pair check, once for all settings
     offline_spec = parse_policies(OFFLINE)[0]
     if not args.no_offline and offline_spec not in specs:
         specs.append(offline_spec)
+    runner.check_data(runner.config_from_args(args, specs[0]))  # a wrong path fails before anything is written
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
