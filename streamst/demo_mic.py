@@ -36,17 +36,26 @@ class SoundDeviceSource:
     """A sound card input through sounddevice (imported only here: tests and servers never need it)."""
 
     def __init__(self, device: int | str | None = None, sample_rate: int | None = None, block_ms: float = 40.0):
-        import sounddevice as sd
-
-        info = sd.query_devices(device, "input")
+        sd = sounddevice()
+        try:
+            info = sd.query_devices(device, "input")
+        except (sd.PortAudioError, ValueError) as e:
+            found = input_devices(sd)
+            hint = ("no input device found (is a microphone connected? `--file AUDIO` reads a file instead)"
+                    if not found else f"input device {device!r} not usable ({e}); inputs: " +
+                    ", ".join(f"{i}: {name}" for i, name in found))
+            raise ValueError(hint) from None
         self.sample_rate = int(sample_rate or info["default_samplerate"])
         self.channels = 1 if info["max_input_channels"] >= 1 else 0
         if not self.channels:
             raise ValueError(f"device {device!r} has no input channels")
         self._queue: queue.Queue = queue.Queue(maxsize=500)
-        self._stream = sd.InputStream(device=device, channels=self.channels, samplerate=self.sample_rate,
-                                      dtype="float32", blocksize=int(self.sample_rate * block_ms / 1000),
-                                      callback=self._callback)
+        try:
+            self._stream = sd.InputStream(device=device, channels=self.channels, samplerate=self.sample_rate,
+                                          dtype="float32", blocksize=int(self.sample_rate * block_ms / 1000),
+                                          callback=self._callback)
+        except sd.PortAudioError as e:
+            raise ValueError(f"cannot open input device {device!r}: {e}") from None
         self._stopped = threading.Event()
 
     def _callback(self, data: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -96,27 +105,70 @@ class FileSource:
         self._stopped.set()
 
 
+PORTAUDIO_HINT = ("`streamst mic` needs the PortAudio library: `apt-get install libportaudio2` (Debian/Ubuntu), "
+                  "`brew install portaudio` (macOS); or read a file with `--file AUDIO`")
+
+
+def sounddevice() -> Any:
+    """The sounddevice module; ValueError with how to install PortAudio when its library is missing."""
+    try:
+        import sounddevice as sd
+    except OSError as e:  # sounddevice raises OSError("PortAudio library not found")
+        raise ValueError(f"{e}: {PORTAUDIO_HINT}") from None
+    return sd
+
+
+def input_devices(sd: Any) -> list[tuple[int, str]]:
+    """(index, name) of every device with an input channel."""
+    try:
+        devices = sd.query_devices()
+    except Exception:  # noqa: BLE001 - PortAudio without a host API: no devices
+        return []
+    return [(i, d["name"]) for i, d in enumerate(devices) if d.get("max_input_channels", 0) > 0]
+
+
 class CaptionLine:
-    """Stable text plus the partial tail on one terminal line, rewritten in place."""
+    """Stable text plus the partial tail (and the server's lag) on one terminal line, rewritten in place.
+
+    A `stable` message commits words that the previous `partial` still showed, so it clears the partial (the
+    next `partial` follows it); at the end the whole text is printed, not just the line's tail.
+    """
 
     def __init__(self, out: Any = sys.stderr, width: int | None = None):
         self.out, self.width = out, width or shutil.get_terminal_size((100, 20)).columns
         self.stable: list[str] = []
         self.partial = ""
+        self.lag_ms: float | None = None
 
     def update(self, msg: dict) -> None:
-        if msg.get("type") == "stable":
+        kind = msg.get("type")
+        if isinstance(msg.get("lag_ms"), (int, float)):
+            self.lag_ms = float(msg["lag_ms"])
+        if kind == "stable":
             self.stable += [w["text"] for w in msg["words"]]
-        elif msg.get("type") == "partial":
+            self.partial = ""  # its words are now stable; the partial that follows replaces it
+        elif kind == "partial":
             self.partial = msg["text"]
-        elif msg.get("type") == "done":
+        elif kind == "done":
             self.partial = ""
-        line = " ".join(self.stable) + (f" [{self.partial}]" if self.partial else "")
-        self.out.write("\r" + line[-(self.width - 1):].ljust(self.width - 1))
+        self.out.write("\r" + self.render())
         self.out.flush()
 
+    def render(self) -> str:
+        """The line as it is on screen: the end of the text, the partial in brackets, the lag when behind."""
+        lag = f"  (lag {self.lag_ms / 1000:.1f} s)" if self.lag_ms is not None and self.lag_ms >= 1000 else ""
+        line = " ".join(self.stable) + (f" [{self.partial}]" if self.partial else "")
+        room = max(1, self.width - 1 - len(lag))
+        return (line[-room:] + lag).ljust(self.width - 1)
+
     def end(self) -> None:
-        self.out.write("\n")
+        """Replace the one-line view with the whole text, wrapped to the terminal."""
+        import textwrap
+
+        self.out.write("\r" + " " * (self.width - 1) + "\r")
+        text = " ".join(self.stable)
+        if text:
+            self.out.write(textwrap.fill(text, max(20, self.width - 1)) + "\n")
         self.out.flush()
 
 
@@ -175,9 +227,12 @@ def caption_remote(source: InputSource, url: str, config: dict, token: str | Non
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--list-devices", action="store_true", help="list sound devices and exit")
+    parser.description = ("live captions from a microphone (needs the PortAudio library: apt-get install "
+                          "libportaudio2), from a local model or a streamst server (--url)")
+    parser.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     parser.add_argument("--device", help="input device index or name (default: the system's)")
-    parser.add_argument("--url", help="use a streamst server (ws://...) instead of a local model")
+    parser.add_argument("--url", help="use a streamst server (ws://, wss://, or the http:// URL `serve` prints) "
+                                      "instead of a local model")
     parser.add_argument("--token", help="server token (or env STREAMST_TOKEN)")
     parser.add_argument("--model", default=os.environ.get("STREAMST_MODEL"), help="local model name or path")
     parser.add_argument("--policy", default="waitk:k=3", help="policy spec")
@@ -189,10 +244,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.srt and Path(args.srt).suffix.lower() not in (".srt", ".vtt"):
         raise ValueError("--srt must end in .srt or .vtt")
-    if args.list_devices:
-        import sounddevice as sd
+    if args.url:
+        from streamst.server.client import websocket_url
 
-        print(sd.query_devices())
+        args.url = websocket_url(args.url)
+    if args.list_devices:
+        found = input_devices(sounddevice())
+        for i, name in found:
+            print(f"{i}: {name}")
+        if not found:
+            print("no input devices found (is a microphone connected? `--file AUDIO` reads a file instead)",
+                  file=sys.stderr)
+            return 1
         return 0
     device: int | str | None = int(args.device) if args.device and args.device.isdigit() else args.device
     source: InputSource = FileSource(args.file, realtime=True) if args.file else SoundDeviceSource(device)

@@ -116,7 +116,9 @@ def test_audio_is_coalesced_and_flushed_at_marker_and_eos():
     assert p.receive_bytes(b"\3\0" * 10) == []
     acts = p.receive_text('{"type": "marker", "id": "m1"}')
     assert acts == [Audio(b"\3\0" * 10), Marker("m1")]
-    assert sends(p.on_marker("m1")) == [{"type": "marker", "id": "m1"}]
+    # 410 samples at 16 kHz received; lag_ms is what the model has not taken yet
+    assert sends(p.on_marker("m1", processed_ms=0.0)) == [{"type": "marker", "id": "m1", "lag_ms": 25.6}]
+    assert sends(p.on_marker("m1", processed_ms=20.0)) == [{"type": "marker", "id": "m1", "lag_ms": 5.6}]
     p.receive_bytes(b"\4\0" * 5)
     acts = p.receive_text('{"type": "eos"}')
     assert acts == [Audio(b"\4\0" * 5), Finish("eos")]
@@ -153,9 +155,20 @@ def test_events_become_stable_and_partial_messages():
     msgs = sends(p.on_events(words + [Partial("and mo", 640.0), Partial("and more", 640.0)]))
     assert msgs[0] == {"type": "stable", "text": "hello world", "words": [
         {"text": "hello", "start_ms": 100.0, "end_ms": 400.0, "emitted_ms": 640.0, "compute_ms": 12.0},
-        {"text": "world", "start_ms": None, "end_ms": None, "emitted_ms": 640.0, "compute_ms": 12.5}]}
-    assert msgs[1] == {"type": "partial", "text": "and more", "source_ms": 640.0}  # only the latest partial
+        {"text": "world", "start_ms": None, "end_ms": None, "emitted_ms": 640.0, "compute_ms": 12.5}], "lag_ms": 0.0}
+    assert msgs[1] == {"type": "partial", "text": "and more", "source_ms": 640.0, "lag_ms": 0.0}  # only the latest
     assert p.on_events([]) == []
+
+
+def test_stable_is_always_followed_by_the_partial_that_replaces_the_old_one():
+    """The session sends a partial only when its text changes; after new words the client must still get it, or
+    it would keep showing the words just committed a second time (the stale-partial bug of `mic` and the page)."""
+    p = opened()
+    assert [m["type"] for m in sends(p.on_events([Partial("more", 320.0)]))] == ["partial"]
+    msgs = sends(p.on_events([Word("more", 640.0, 1.0)]))  # committed; the session's tail text stayed "more"
+    assert [m["type"] for m in msgs] == ["stable", "partial"] and msgs[1]["text"] == "more"
+    p.on_events([Partial("", 960.0)])
+    assert [m["type"] for m in sends(p.on_events([Word("x", 1280.0, 1.0)]))] == ["stable"]  # no tail: nothing to resend
 
 
 def test_finish_sends_last_words_done_and_closes_normally():
@@ -166,7 +179,7 @@ def test_finish_sends_last_words_done_and_closes_normally():
     msgs = sends(acts)
     assert msgs[0]["type"] == "stable" and msgs[0]["text"] == "b"
     assert msgs[1] == {"type": "done", "reason": "eos", "words": 2,
-                       "stats": {"audio_s": 1.5, "compute_s": 0.3, "rtf": 0.2}}
+                       "stats": {"audio_s": 1.5, "compute_s": 0.3, "rtf": 0.2}, "lag_ms": 0.0}
     assert closes(acts) == [Close.NORMAL] and p.state is State.CLOSED
 
 
@@ -176,7 +189,7 @@ def test_mid_stream_config_changes_policy_only():
     acts = config(p, policy="waitk:k=5", sample_rate=16000)
     assert acts[0] == Audio(b"\0\0" * 10) and isinstance(acts[1], Reconfigure)
     assert acts[1].config.policy == "waitk:k=5" and p.config.policy == "waitk:k=5"
-    assert sends(p.on_reconfigured()) == [{"type": "configured", "policy": "waitk:k=5", "beam": 1}]
+    assert sends(p.on_reconfigured()) == [{"type": "configured", "policy": "waitk:k=5", "beam": 1, "lag_ms": 0.6}]
     for fields in ({"sample_rate": 8000}, {"policy": "bogus"}, {"encoding": "f32le"}):
         (err,) = sends(config(p, **fields))
         assert err["error"] == "bad_config" and err["fatal"] is False
@@ -195,7 +208,46 @@ def test_soft_errors_are_reported_then_capped():
 
 def test_ping_message_is_answered():
     p = opened()
-    assert sends(p.receive_text('{"type":"ping","id":7}')) == [{"type": "pong", "id": 7}]
+    assert sends(p.receive_text('{"type":"ping","id":7}')) == [{"type": "pong", "id": 7, "lag_ms": 0.0}]
+
+
+def lagging(p: ServerProtocol, seconds: float) -> list:
+    """`seconds` of int16 16 kHz audio received, none of it through the model yet."""
+    return p.receive_bytes(b"\0\0" * int(16000 * seconds))
+
+
+def test_lag_past_max_lag_is_told_once_per_crossing():
+    p = make(limits=Limits(max_lag_s=1.0, max_backlog_s=5.0))
+    config(p)
+    assert sends(lagging(p, 0.5)) == []
+    (warn,) = sends(lagging(p, 0.75))
+    assert warn["error"] == "lagging" and warn["fatal"] is False and warn["lag_ms"] == 1250.0
+    assert sends(lagging(p, 0.5)) == []  # still behind: told once
+    assert sends(p.on_events([], processed_ms=1600.0)) == []  # 150 ms behind: re-armed
+    (again,) = sends(p.on_events([], processed_ms=0.0))
+    assert again["error"] == "lagging" and p.soft_errors == 0  # a warning, not the client's fault
+    assert p.state is State.STREAMING
+
+
+def test_backlog_past_the_bound_ends_the_stream_with_overloaded_after_a_flush():
+    p = make(limits=Limits(max_lag_s=1.0, max_backlog_s=2.0))
+    config(p)
+    acts = lagging(p, 1.9)
+    assert [m["error"] for m in sends(acts)] == ["lagging"] and isinstance(acts[-1], Audio)
+    acts = lagging(p, 0.2)
+    (err,) = sends(acts)
+    assert err["error"] == "overloaded" and err["fatal"] and "2 s" in err["message"]
+    assert isinstance(acts[-1], Finish) and acts[-1].reason == "overloaded"  # every received word is still flushed
+    assert p.receive_bytes(b"\0\0" * 100) == []  # finishing: later audio is ignored
+    acts = p.on_finished([Word("a", 2000.0, 1.0)], {"audio_s": 2.1}, "overloaded", processed_ms=2100.0)
+    assert [m["type"] for m in sends(acts)] == ["stable", "done"] and sends(acts)[1]["reason"] == "overloaded"
+    assert sends(acts)[1]["lag_ms"] == 0.0 and closes(acts) == [Close.OVERLOADED]
+
+
+def test_a_flood_of_markers_is_a_typed_overload():
+    p = opened()
+    acts = p.on_overflow("markers")
+    assert sends(acts)[0]["error"] == "overloaded" and closes(acts) == [Close.OVERLOADED]
 
 
 def test_token_is_checked_before_anything():

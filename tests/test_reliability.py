@@ -40,7 +40,11 @@ class LocalServer:
     """A `StreamServer` on a free loopback port inside the test's event loop (custom limits and sessions)."""
 
     def __init__(self, model, limits: Limits, make_session=None, scheduler: str = "threads"):
+        from dataclasses import replace
+
         from streamst.server.app import ServerConfig, StreamServer
+
+        limits = replace(limits, catchup_lag_s=float("inf"))  # no catch-up: words equal a lone Session's exactly
 
         if scheduler == "batch":
             from streamst.server.batching import BatchingScheduler

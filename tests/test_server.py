@@ -98,8 +98,9 @@ def wavs(request, tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
+    # no catch-up: the words then equal a lone Session's exactly, however fast the files are sent
     srv = ServeProcess(tmp_path_factory.mktemp("serve"), model_path, "--policy", POLICY, "--token", TOKEN,
-                       "--max-streams", "6", "--max-streams-per-client", "6")
+                       "--max-streams", "6", "--max-streams-per-client", "6", "--catch-up-lag-s", "inf")
     yield srv
     assert srv.terminate() == 0, srv.output()
 

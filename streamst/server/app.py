@@ -1,9 +1,11 @@
 """The I/O around `ServerProtocol`: a `websockets` asyncio server, the browser page over HTTP on the same port.
 
 Per connection three parts run: the reader (socket -> protocol), the worker (the stream's ordered work queue
--> scheduler -> protocol) and the sender (a bounded outgoing queue -> socket). Work is bounded (the reader
-stops reading when the work queue is full: TCP back-pressure), outgoing messages are bounded (a client that
-does not read is dropped), and the model is shared through one `Scheduler`.
+-> scheduler -> protocol) and the sender (a bounded outgoing queue -> socket). The reader never stops reading,
+so pings are answered whatever the model's backlog: audio waits in a buffer bounded in seconds
+(`max_backlog_s`, then a typed `overloaded`), a stream that falls behind takes larger chunks, outgoing messages
+are bounded (a client that does not read gets `slow_consumer`), streams are admitted by measured capacity
+(`CapacityMeter`), and the model is shared through one `Scheduler`.
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ from streamst.server.protocol import (
     DEFAULT_POLICY, Audio, Close, CloseConnection, Finish, Limits, Marker, ModelInfo, Open, Reconfigure, Send,
     ServerProtocol, State, error_message,
 )
+from streamst.server.capacity import CapacityMeter
 from streamst.server.scheduler import Scheduler
+from streamst.server.workqueue import WorkQueue
 
 log = logging.getLogger("streamst.server")
 WEB_ROOT = Path(__file__).resolve().parents[1] / "web"  # package data: a wheel install serves the page too
@@ -57,8 +61,9 @@ class StreamServer:
     """One model, one scheduler, many connections."""
 
     def __init__(self, model: Any, config: ServerConfig, scheduler: Scheduler,
-                 make_session: Callable[..., Any] | None = None):
+                 make_session: Callable[..., Any] | None = None, meter: CapacityMeter | None = None):
         self.model, self.config, self.scheduler = model, config, scheduler
+        self.meter = meter or CapacityMeter(parallelism=getattr(scheduler, "parallelism", 1))
         self.make_session = make_session or _make_session
         self.model_info = ModelInfo(
             name=config.model_name, task=getattr(model, "task", None),
@@ -76,8 +81,12 @@ class StreamServer:
     def admit(self, client: str) -> tuple[str, str] | None:
         """Take a stream slot; returns (error, message) when none is free."""
         limits = self.config.limits
-        if self.open_streams >= limits.max_streams:
-            return "busy", f"server is at its limit of {limits.max_streams} streams"
+        if limits.max_streams is not None and self.open_streams >= limits.max_streams:
+            return "busy", f"server is at its limit of {limits.max_streams} streams (--max-streams)"
+        capacity = self.meter.capacity() if limits.max_streams is None else None
+        if capacity is not None and self.open_streams >= capacity:
+            return "busy", (f"server is at its measured capacity of {capacity} real-time streams "
+                            f"({self.meter.cost:.3f} s of compute per s of audio)")
         if self.streams_per_client[client] >= limits.max_streams_per_client:
             return "busy", f"client {client} is at its limit of {limits.max_streams_per_client} streams"
         self.open_streams += 1
@@ -159,7 +168,7 @@ class Connection:
         self.client = str(ws.remote_address[0]) if ws.remote_address else "?"
         self.session: Any = None
         self.admitted = False
-        self.work: asyncio.Queue = asyncio.Queue(maxsize=self.limits.work_queue)
+        self.work = WorkQueue(self.limits.work_queue)
         self.outgoing: asyncio.Queue = asyncio.Queue(maxsize=self.limits.send_queue)
         self.closing = False
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -222,8 +231,8 @@ class Connection:
                 self.closing = True
             elif isinstance(action, Open):
                 await self.execute(self._open(action))
-            else:
-                await self.work.put(action)  # blocks the reader when full: back-pressure on the client
+            elif not self.work.put(action):  # never blocks: the reader keeps reading (pings are answered)
+                await self.execute(self.protocol.on_overflow("markers and configs"))
 
     def _enqueue(self, item: Any) -> None:
         partial = isinstance(item, dict) and item.get("type") == "partial"
@@ -268,24 +277,38 @@ class Connection:
 
     # ---- worker: this stream's ordered work ----
 
+    def _piece_bytes(self) -> tuple[int, bool]:
+        """How much audio the next step takes, and whether it is one merged chunk: a chunk while the stream keeps
+        up, up to `catchup_max_s` once it is `catchup_lag_s` behind (fewer decoder calls: it catches up)."""
+        c = self.protocol.config
+        if c is None:
+            return 1 << 30, False
+        catch_up = self.protocol.lag_ms >= self.limits.catchup_lag_s * 1000.0
+        seconds = self.limits.catchup_max_s if catch_up else c.chunk_ms / 1000.0
+        return max(1, int(seconds * c.sample_rate)) * c.frame_bytes, catch_up
+
     async def _work_loop(self) -> None:
         while True:
-            item = await self.work.get()
+            size, catch_up = self._piece_bytes()
+            item = await self.work.get(size)
             if self.session is None:
                 continue
             try:
                 if isinstance(item, Audio):
-                    events = await self.server.scheduler.push(self.session, item.pcm)
-                    await self.execute(self.protocol.on_events(events))
+                    session = self.session
+                    audio_ms, compute_s = session.source_ms, session.compute_s
+                    events = await self.server.scheduler.push(session, item.pcm, merge=catch_up)
+                    self.server.meter.record((session.source_ms - audio_ms) / 1000.0, session.compute_s - compute_s)
+                    await self.execute(self.protocol.on_events(events, session.source_ms))
                 elif isinstance(item, Marker):
-                    await self.execute(self.protocol.on_marker(item.id))
+                    await self.execute(self.protocol.on_marker(item.id, self.session.source_ms))
                 elif isinstance(item, Reconfigure):
                     _reconfigure(self.session, item.config)
                     await self.execute(self.protocol.on_reconfigured())
                 elif isinstance(item, Finish):
                     events = await self.server.scheduler.finish(self.session)
                     stats = self.session.stats()
-                    await self.execute(self.protocol.on_finished(events, stats, item.reason))
+                    await self.execute(self.protocol.on_finished(events, stats, item.reason, self.session.source_ms))
                     return
             except ValueError as e:
                 await self.execute(self.protocol.on_work_error("bad_audio", str(e)))

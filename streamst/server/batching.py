@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from streamst.batching.sessions import step_sessions
+from streamst.server.scheduler import merge_chunks
 
 
 @dataclass(eq=False)
@@ -42,6 +43,7 @@ class BatchingScheduler:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._torch_threads = torch_threads
+        self.parallelism = 1  # for the capacity meter: one worker steps every stream
         self.max_batch, self.window_s = max_batch, window_ms / 1000.0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamst-batch", initializer=self._init_worker)
         self._jobs: list[_Job] = []
@@ -60,9 +62,11 @@ class BatchingScheduler:
 
     # ---- the interface the server uses
 
-    async def push(self, session: Any, pcm: bytes | np.ndarray) -> list:
-        """One piece of audio; ValueError (bad audio) is raised here, before any state changes."""
-        return await self._submit(session, session.take_chunks(pcm), finishing=False)
+    async def push(self, session: Any, pcm: bytes | np.ndarray, merge: bool = False) -> list:
+        """One piece of audio (`merge`: its chunks as one larger chunk, for a stream catching up); ValueError (bad
+        audio) is raised here, before any state changes."""
+        chunks = session.take_chunks(pcm)
+        return await self._submit(session, merge_chunks(session, chunks) if merge else chunks, finishing=False)
 
     async def finish(self, session: Any) -> list:
         """End of stream: every word the policy still holds."""

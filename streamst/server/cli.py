@@ -25,13 +25,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"default policy spec (default {DEFAULT_POLICY}: bounded text and audio history, for "
                              "endless streams; e.g. waitk:k=3 for short ones)")
     parser.add_argument("--chunk-ms", type=int, default=320, help="default chunk length in ms")
-    parser.add_argument("--max-streams", type=int, default=d.max_streams, help="open streams server-wide")
+    parser.add_argument("--max-streams", type=int, default=None,
+                        help="open streams server-wide (default: the measured capacity: as many real-time streams as "
+                             "the compute per second of audio, measured at start-up and as streams run, allows)")
     parser.add_argument("--max-streams-per-client", type=int, default=d.max_streams_per_client,
                         help="open streams per client IP address")
     parser.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes, help="largest audio frame")
     parser.add_argument("--max-session-s", type=float, default=d.max_session_s, help="audio seconds per stream")
     parser.add_argument("--idle-timeout-s", type=float, default=d.idle_timeout_s,
                         help="close a stream (after flushing it) when no message came for this long")
+    parser.add_argument("--catch-up-lag-s", type=float, default=d.catchup_lag_s,
+                        help="a stream this far behind its received audio takes larger chunks to catch up (inf: never)")
+    parser.add_argument("--max-lag-s", type=float, default=d.max_lag_s,
+                        help="tell a stream (non-fatal `lagging` error) when it is this far behind")
+    parser.add_argument("--max-backlog-s", type=float, default=d.max_backlog_s,
+                        help="end a stream with `overloaded` (after flushing it) when this much received audio waits")
     parser.add_argument("--token", default=os.environ.get("STREAMST_TOKEN"),
                         help="require this token (Authorization: Bearer T, or ?token=T); env STREAMST_TOKEN")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
@@ -50,14 +58,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be within 0..65535 (0: any free port), got {args.port}")
     for name in ("max_streams", "max_streams_per_client", "max_message_bytes"):
-        if getattr(args, name) < 1:
+        value = getattr(args, name)
+        if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.max_session_s <= 0 or args.idle_timeout_s <= 0:
-        raise ValueError("--max-session-s and --idle-timeout-s must be > 0")
+    for name in ("max_session_s", "idle_timeout_s", "catch_up_lag_s", "max_lag_s", "max_backlog_s"):
+        value = getattr(args, name)
+        if not value > 0:  # NaN too
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0")
     return Limits(max_streams=args.max_streams, max_streams_per_client=args.max_streams_per_client,
                   max_message_bytes=args.max_message_bytes, max_session_s=args.max_session_s,
-                  idle_timeout_s=args.idle_timeout_s)
+                  idle_timeout_s=args.idle_timeout_s, catchup_lag_s=args.catch_up_lag_s, max_lag_s=args.max_lag_s,
+                  max_backlog_s=args.max_backlog_s)
 
 
 def ssl_context(certfile: str | None, keyfile: str | None) -> ssl_lib.SSLContext | None:
@@ -91,6 +105,24 @@ def make_scheduler(args: argparse.Namespace):
     return BatchingScheduler(torch_threads=args.torch_threads, max_batch=args.max_batch)
 
 
+def measure_capacity(server, args: argparse.Namespace) -> None:
+    """The first capacity figure: the bundled sample through one session with the server's defaults, on the
+    worker's thread settings (later steps of real streams replace it)."""
+    from streamst.server.app import _make_session
+    from streamst.server.capacity import calibrate
+    from streamst.server.protocol import StreamConfig
+
+    def config(rate: int, channels: int) -> StreamConfig:
+        return StreamConfig(sample_rate=rate, encoding="f32le", channels=channels, task=None, source_lang=None,
+                            target_lang=None, policy=args.policy, chunk_ms=args.chunk_ms, beam=1)
+
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    calibrate(server.meter, server.model, _make_session, config)
+
+
 def run(args: argparse.Namespace) -> int:
     from streamst.checkpoint import load_model
     from streamst.policies import parse_policy
@@ -110,13 +142,17 @@ def run(args: argparse.Namespace) -> int:
                           limits=limits, token=args.token or None, allowed_origins=origins)
     scheduler = make_scheduler(args)
     server = StreamServer(model, config, scheduler)
+    if limits.max_streams is None:
+        measure_capacity(server, args)
 
     def ready(port: int) -> None:
         if args.port == 0 and origins is not None:
             origins.update(default_origins(args.host, port))
         scheme = "https" if tls else "http"
+        streams = (f"at most {limits.max_streams} streams" if limits.max_streams is not None
+                   else f"capacity {server.meter.describe()}")
         print(f"streamst serve: {scheme}://{args.host}:{port}/ (WebSocket on the same port), "
-              f"model {config.model_name}", file=sys.stderr, flush=True)
+              f"model {config.model_name}, {streams}", file=sys.stderr, flush=True)
         if args.port_file:
             tmp = Path(args.port_file + ".tmp")
             tmp.write_text(str(port))

@@ -14,6 +14,21 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 
+def websocket_url(url: str) -> str:
+    """The WebSocket URL for what a user may type: `http(s)://` (what `serve` prints) becomes `ws(s)://`; a bare
+    `host:port` gets `ws://`. ValueError for other schemes."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = url.strip()
+    if "://" not in url:
+        url = "ws://" + url
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not a server URL: {url!r} (expected ws://HOST:PORT/ or http://HOST:PORT/)")
+    return urlunsplit((scheme, parts.netloc, parts.path or "/", parts.query, ""))
+
+
 class ServerError(Exception):
     """The server answered with a typed `error` message."""
 
@@ -57,7 +72,7 @@ async def stream_audio(
     """
     result = StreamResult()
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with connect(url, additional_headers=headers, open_timeout=open_timeout, max_size=1 << 24) as ws:
+    async with connect(websocket_url(url), additional_headers=headers, open_timeout=open_timeout, max_size=1 << 24) as ws:
         await ws.send(json.dumps({"type": "config", **config}))
         first = json.loads(await ws.recv())
         _record(result, first, on_message)

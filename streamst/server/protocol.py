@@ -33,6 +33,7 @@ class Close(enum.IntEnum):
     BUSY = 4004
     TIMEOUT = 4005
     SLOW_CONSUMER = 4006
+    OVERLOADED = 4007
     INTERNAL = 4011
 
 
@@ -44,6 +45,7 @@ ERROR_CLOSE = {
     "busy": Close.BUSY,
     "timeout": Close.TIMEOUT,
     "slow_consumer": Close.SLOW_CONSUMER,
+    "overloaded": Close.OVERLOADED,
     "internal": Close.INTERNAL,
 }
 
@@ -68,12 +70,16 @@ class Limits:
     config_timeout_s: float = 10.0  # the first `config` must arrive within this
     max_soft_errors: int = 32  # non-fatal errors per connection before it is closed
     coalesce_bytes: int = 640  # audio is handed to the session in pieces of at least 20 ms (int16 mono 16 kHz)
-    max_streams: int = 8  # server-wide open streams
+    max_streams: int | None = None  # server-wide open streams; None: as many as the measured capacity serves
     max_streams_per_client: int = 4  # open streams per client IP address
-    work_queue: int = 64  # queued work items per stream before the server stops reading (TCP back-pressure)
+    work_queue: int = 256  # queued markers / configs per stream (audio is bounded by max_backlog_s)
     send_queue: int = 256  # outgoing messages per stream before a non-reading client is dropped
     send_timeout_s: float = 10.0  # one send blocked this long drops the client
     busy_retry_s: float = 5.0  # retry hint in `busy`
+    catchup_lag_s: float = 1.5  # a stream this far behind its received audio takes larger chunks (inf: never)
+    catchup_max_s: float = 8.0  # the largest chunk a lagging stream takes
+    max_lag_s: float = 10.0  # a stream this far behind is told so (non-fatal `lagging`, once per crossing)
+    max_backlog_s: float = 60.0  # received audio not yet through the model: past this, `overloaded` (flushed)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -194,7 +200,21 @@ class ServerProtocol:
     soft_errors: int = 0
     audio_bytes: int = 0
     words_sent: int = 0
+    processed_ms: float = 0.0  # source audio through the model, as the I/O layer last reported it
+    lag_warned: bool = False
     _pending: bytearray = field(default_factory=bytearray)
+    _partial: tuple[str, float] = ("", 0.0)  # the last partial caption sent (text, source_ms)
+
+    @property
+    def received_ms(self) -> float:
+        """Audio received on this stream, in ms."""
+        c = self.config
+        return 0.0 if c is None else self.audio_bytes * 1000.0 / (c.frame_bytes * c.sample_rate)
+
+    @property
+    def lag_ms(self) -> float:
+        """How far the model is behind the received audio (ms): carried by every event the stream sends."""
+        return round(max(0.0, self.received_ms - self.processed_ms), 1)
 
     # ---- connection lifecycle ----
 
@@ -244,7 +264,7 @@ class ServerProtocol:
             if kind == "eos":
                 return self._finish("eos")
             if kind == "ping":
-                return [Send({"type": "pong", "id": msg.get("id")})]
+                return [Send({"type": "pong", "id": msg.get("id"), "lag_ms": self.lag_ms})]
             raise ProtocolError("bad_message", f"unknown message type {kind!r}", fatal=False)
         except ProtocolError as e:
             return self._error(e)
@@ -272,46 +292,57 @@ class ServerProtocol:
             if self.audio_bytes / (c.frame_bytes * c.sample_rate) > self.limits.max_session_s:
                 return self._fatal_flush("timeout", f"session length limit of {self.limits.max_session_s:g} s reached",
                                          "session_limit")
-            return self._drain(force=False)
+            if self.lag_ms > self.limits.max_backlog_s * 1000.0:
+                return self._fatal_flush("overloaded", f"the server is {self.lag_ms / 1000:.1f} s behind this "
+                                         f"stream's audio (limit {self.limits.max_backlog_s:g} s): send no faster "
+                                         "than real time; the audio received is flushed", "overloaded")
+            return self._progress(None) + self._drain(force=False)
         except ProtocolError as e:
             return self._error(e)
 
     # ---- input from the stream's work ----
 
-    def on_events(self, events: list) -> list[Action]:
-        """Events from `Session.push` / `finish` -> `stable` and `partial` messages."""
+    def on_events(self, events: list, processed_ms: float | None = None) -> list[Action]:
+        """Events from `Session.push` / `finish` -> `stable` and `partial` messages (each with `lag_ms`);
+        `processed_ms` is the stream's source audio through the model now. A `stable` is always followed by the
+        `partial` that replaces the one its words came from."""
         if self.state is State.CLOSED:
             return []
-        out: list[Action] = []
+        out = self._progress(processed_ms)
         words = [e for e in events if hasattr(e, "emitted_ms")]
         if words:
             self.words_sent += len(words)
             out.append(Send({"type": "stable", "words": [_word_dict(w) for w in words],
-                             "text": " ".join(w.text for w in words)}))
+                             "text": " ".join(w.text for w in words), "lag_ms": self.lag_ms}))
         partials = [e for e in events if hasattr(e, "source_ms") and not hasattr(e, "emitted_ms")]
         if partials:
             p = partials[-1]
-            out.append(Send({"type": "partial", "text": p.text, "source_ms": p.source_ms}))
+            self._partial = (p.text, p.source_ms)
+        if partials or (words and self._partial[0]):  # the tail after the new words, even if its text is unchanged
+            text, source_ms = self._partial
+            out.append(Send({"type": "partial", "text": text, "source_ms": source_ms, "lag_ms": self.lag_ms}))
         return out
 
-    def on_marker(self, marker_id: Any) -> list[Action]:
+    def on_marker(self, marker_id: Any, processed_ms: float | None = None) -> list[Action]:
         if self.state is State.CLOSED:
             return []
-        return [Send({"type": "marker", "id": marker_id})]
+        return self._progress(processed_ms) + [Send({"type": "marker", "id": marker_id, "lag_ms": self.lag_ms})]
 
     def on_reconfigured(self) -> list[Action]:
         c = self.config
         assert c is not None
-        return [Send({"type": "configured", "policy": c.policy, "beam": c.beam})]
+        return [Send({"type": "configured", "policy": c.policy, "beam": c.beam, "lag_ms": self.lag_ms})]
 
-    def on_finished(self, events: list, stats: dict, reason: str) -> list[Action]:
+    def on_finished(self, events: list, stats: dict, reason: str, processed_ms: float | None = None) -> list[Action]:
         """`Session.finish()` returned: the last words, `done`, then the close that the reason calls for."""
         if self.state is State.CLOSED:
             return []
+        if processed_ms is not None:  # the flush took everything received: nothing is behind any more
+            self.processed_ms = max(processed_ms, self.received_ms)
         out = self.on_events(events)
         out.append(Send({"type": "done", "reason": reason, "words": self.words_sent,
-                         "stats": {k: float(v) for k, v in stats.items()}}))
-        code = {"eos": Close.NORMAL, "shutdown": Close.GOING_AWAY}.get(reason, Close.TIMEOUT)
+                         "stats": {k: float(v) for k, v in stats.items()}, "lag_ms": self.lag_ms}))
+        code = {"eos": Close.NORMAL, "shutdown": Close.GOING_AWAY, "overloaded": Close.OVERLOADED}.get(reason, Close.TIMEOUT)
         out.append(CloseConnection(int(code), reason))
         self.state = State.CLOSED
         return out
@@ -340,6 +371,27 @@ class ServerProtocol:
 
     def on_slow_consumer(self) -> list[Action]:
         return self._fatal("slow_consumer", "client is not reading its messages")
+
+    def on_overflow(self, what: str) -> list[Action]:
+        """A bounded per-stream queue other than the audio backlog is full (e.g. a flood of markers)."""
+        return self._fatal("overloaded", f"too many {what} waiting for the model")
+
+    def _progress(self, processed_ms: float | None) -> list[Action]:
+        """Take the I/O layer's progress report; tell the client (once per crossing) when it is past `max_lag_s`."""
+        if processed_ms is not None:
+            self.processed_ms = processed_ms
+        lag = self.lag_ms
+        if self.state is not State.STREAMING:
+            return []
+        if not self.lag_warned and lag > self.limits.max_lag_s * 1000.0:
+            self.lag_warned = True
+            msg = error_message("lagging", f"the server is {lag / 1000:.1f} s behind this stream's audio (warned past "
+                                f"{self.limits.max_lag_s:g} s; the stream ends with 'overloaded' past "
+                                f"{self.limits.max_backlog_s:g} s)", fatal=False)
+            return [Send({**msg, "lag_ms": lag})]
+        if self.lag_warned and lag < self.limits.max_lag_s * 500.0:
+            self.lag_warned = False  # caught up to half the bound: warn again on the next crossing
+        return []
 
     # ---- internals ----
 

@@ -18,7 +18,7 @@ from streamst.audio import read_audio  # noqa: F401  (the clients import it from
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="+", help="audio file(s) soundfile can read (wav, flac, ogg)")
-    parser.add_argument("--url", default="ws://127.0.0.1:8765/", help="server URL (ws:// or wss://)")
+    parser.add_argument("--url", default="ws://127.0.0.1:8765/", help="server URL (ws://, wss://, or the http(s):// URL `streamst serve` prints)")
     parser.add_argument("--realtime", action="store_true", help="send no faster than real time")
     parser.add_argument("--policy", help="policy spec (default: the server's)")
     parser.add_argument("--chunk-ms", type=int, help="chunk length (default: the server's)")
@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     from streamst.server.client import ServerError
 
+    from streamst.server.client import websocket_url
+
     token = args.token or os.environ.get("STREAMST_TOKEN")
+    args.url = websocket_url(args.url)  # a bad URL is a one-line error before any file is read
     if args.srt and len(args.audio) > 1:
         raise ValueError("--srt takes one audio file")
     printer = (lambda m: print(json.dumps(m), flush=True)) if args.jsonl else None

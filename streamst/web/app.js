@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { ws: null, ctx: null, stream: null, node: null, words: [], partial: "", done: null, errors: [] };
+const state = { ws: null, ctx: null, stream: null, node: null, words: [], partial: "", done: null, errors: [],
+                lagMs: null, maxLagMs: 0 };
 window.streamst = state; // for tests and curious users
 
 function defaultUrl() {
@@ -20,6 +21,8 @@ function render() {
   $("stable").textContent = state.words.map((w) => w.text).join(" ");
   $("partial").textContent = state.partial;
   $("srt").disabled = $("vtt").disabled = state.words.length === 0;
+  $("lag").textContent = state.lagMs === null ? "" : `server lag ${(state.lagMs / 1000).toFixed(1)} s`;
+  $("lag").className = state.lagMs !== null && state.lagMs >= 2000 ? "behind" : "";
 }
 
 function streamConfig(sampleRate) {
@@ -32,12 +35,17 @@ function streamConfig(sampleRate) {
 }
 
 function onMessage(msg) {
+  if (typeof msg.lag_ms === "number") {  // every server event says how far behind the received audio it is
+    state.lagMs = msg.lag_ms;
+    state.maxLagMs = Math.max(state.maxLagMs, msg.lag_ms);
+  }
   switch (msg.type) {
     case "ready":
       setStatus(`streaming: model ${msg.model}, policy ${msg.policy}, ${msg.sample_rate} Hz`);
       break;
     case "stable":
       state.words.push(...msg.words);
+      state.partial = "";  // the old partial held these words; the partial that follows replaces it
       break;
     case "partial":
       state.partial = msg.text;
@@ -57,7 +65,7 @@ function onMessage(msg) {
 
 async function start() {
   $("start").disabled = true;
-  state.words = []; state.partial = ""; state.done = null; state.errors = [];
+  state.words = []; state.partial = ""; state.done = null; state.errors = []; state.lagMs = null; state.maxLagMs = 0;
   render();
   try {
     state.stream = await navigator.mediaDevices.getUserMedia({
