@@ -67,6 +67,10 @@ def model_from_checkpoint(obj: dict, name: str = ""):
         from streamst.whisper import load_whisper_checkpoint
 
         return load_whisper_checkpoint(obj)
+    if obj.get("kind") == "s2t":  # a converted fairseq S2T / HF Speech2Text / FBK Conformer model
+        from streamst.s2t import load_s2t_checkpoint
+
+        return load_s2t_checkpoint(obj, name=name)
     from streamst.streaming_model import StreamingSpeechModel
 
     cfg = ModelConfig.from_dict(obj["config"])
@@ -100,6 +104,12 @@ def available_models() -> dict[str, Path]:
 def describe_model(name: str, path: Path) -> dict:
     """Name, task, languages and size of an available model, for `streamst models`."""
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    from streamst.s2t.convert import describe
+
+    s2t = describe(path)  # a Hugging Face Speech2Text folder or a fairseq checkpoint
+    if s2t is not None:
+        return {"name": name, "task": s2t["task"], "languages": s2t["languages"], "size_mb": size / 1e6,
+                "path": str(path), "format": s2t["format"]}
     if path.is_dir():
         task, langs = "asr", "en"
     else:
@@ -124,9 +134,13 @@ def resolve_model(name_or_path: str) -> Path:
 
 
 def load_model(name_or_path: str):
-    """Load a model by name (see `streamst models`) or path: a streamst checkpoint file, or a Whisper folder
-    (CTranslate2 or Hugging Face layout)."""
+    """Load a model by name (see `streamst models`) or path: a streamst checkpoint file, a Whisper folder
+    (CTranslate2 or Hugging Face layout), a Hugging Face Speech2Text folder or a fairseq S2T checkpoint."""
     path = resolve_model(name_or_path)
+    from streamst.s2t import detect, load_s2t
+
+    if detect(path) is not None:
+        return load_s2t(path, name=path.stem if path.is_file() else path.name)
     if path.is_dir():
         from streamst.whisper.load import load_whisper
         from streamst.whisper.streaming import WhisperStreamingModel

@@ -79,14 +79,23 @@ def parse_heads(text: str) -> list[tuple[int, int]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="OpenAI .pt file, Hugging Face directory or CTranslate2 directory")
+    parser.add_argument("src", help="Whisper (OpenAI .pt file, Hugging Face or CTranslate2 directory), or an S2T "
+                        "model (Hugging Face Speech2Text folder, fairseq/FBK checkpoint or its folder)")
     parser.add_argument("--out", required=True, help="streamst checkpoint to write (.pt)")
     parser.add_argument("--tokenizer", help="tokenizer.json or vocabulary.txt (OpenAI .pt files carry none)")
     parser.add_argument("--alignment-heads", help="override alignment heads, e.g. 2:0,3:1")
     parser.add_argument("--float32", action="store_true", help="store float32 weights (default float16)")
+    parser.add_argument("--tgt-lang", help="S2T: target language forced as <lang:xx> (multilingual models)")
+    parser.add_argument("--task", choices=["asr", "st"], help="S2T: the model's task when its name does not say")
 
 
 def run(args: argparse.Namespace) -> int:
+    from streamst.s2t import detect
+
+    if detect(args.src) is not None:
+        from streamst.s2t.convert import run_convert
+
+        return run_convert(args)
     heads = parse_heads(args.alignment_heads) if args.alignment_heads else None
     obj = convert(args.src, args.out, tokenizer=args.tokenizer, alignment_heads=heads,
                   dtype=torch.float32 if args.float32 else torch.float16)
