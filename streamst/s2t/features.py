@@ -5,7 +5,8 @@ Fbank: torchaudio's Kaldi-compliant filter bank on the waveform scaled to 16-bit
 10 ms, edges snipped, no dither. Every frame depends only on its own 400 samples, so frames computed piece by
 piece equal frames of the whole signal. CMVN comes in three flavours:
 
-* ``utterance`` (Hugging Face): mean and population std over the utterance, float32 numpy;
+* ``utterance`` (Hugging Face): mean and population std over the utterance, float32 numpy (a zero std, where
+  the reference returns NaN, e.g. one frame or digital silence, divides by 1 instead);
 * ``utterance_fairseq`` (fairseq's UtteranceCMVN transform): std from E[x^2] - mean^2, floored at 1e-10;
 * ``global`` (fairseq's GlobalCMVN from ``gcmvn.npz``): fixed mean and std.
 """
@@ -70,7 +71,8 @@ class Cmvn:
             if self.norm_means:
                 x = np.subtract(x, x.mean(axis=0))
             if self.norm_vars:
-                x = np.divide(x, x.std(axis=0))
+                std = x.std(axis=0)
+                x = np.divide(x, np.where(std > 0, std, np.float32(1)))  # the reference gives NaN there
         else:
             mean = x.mean(axis=0)
             square_sums = (x ** 2).sum(axis=0)

@@ -22,11 +22,12 @@ SENTENCES = [
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
-def tiny_spm(vocab_size: int = 40) -> bytes:
-    """A SentencePiece model trained in memory (fairseq's id convention: <unk> 0, <s> 1, </s> 2)."""
+def tiny_spm(vocab_size: int = 40, model_type: str = "unigram") -> bytes:
+    """A SentencePiece model trained in memory (fairseq's id convention: <unk> 0, <s> 1, </s> 2); `word`
+    pieces make every token a word, which random decoders need to write more than one word."""
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES), model_writer=buf, vocab_size=vocab_size,
-                                   model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
+                                   model_type=model_type, character_coverage=1.0, hard_vocab_limit=False,
                                    minloglevel=2)
     return buf.getvalue()
 
@@ -45,7 +46,7 @@ def hf_folder(out: str | Path, *, d_model: int = 16, layers: int = 2, heads: int
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    proto = tiny_spm()
+    proto = tiny_spm(44, "word")
     vocab = dictionary(proto, list(langs))
     torch.manual_seed(seed)
     config = Speech2TextConfig(

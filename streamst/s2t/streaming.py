@@ -44,7 +44,7 @@ class S2TStreamingModel:
         self.bundle, self.cfg = bundle, bundle.config
         self.net = S2TNet(self.cfg)
         self.net.load_fairseq_state(bundle.state)
-        self.net.eval()
+        self.net.eval().requires_grad_(False)
         self.tokenizer = bundle.tokenizer
         self.src_tokenizer = bundle.src_tokenizer
         self.cmvn = bundle.cmvn
