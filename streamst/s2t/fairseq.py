@@ -214,6 +214,8 @@ def load_fairseq(path: str | Path, *, tgt_lang: str | None = None) -> S2TBundle:
     src_tok = None
     if cfg.ctc_layer and data.get("vocab_filename_src") and data.get("bpe_tokenizer_src"):
         src_vocab = read_fairseq_dict(_resolve(folder, data["vocab_filename_src"], "source dictionary"))
+        if len(src_vocab) + 1 == cfg.ctc_vocab and "<ctc_blank>" not in src_vocab:
+            src_vocab.append("<ctc_blank>")  # FBK's CTC tasks add the blank after the dictionary
         if len(src_vocab) == cfg.ctc_vocab:
             src_tok = VocabTokenizer(_spm(folder, data, "bpe_tokenizer_src"), src_vocab)
     if int(data.get("input_feat_per_channel", cfg.n_mels)) * int(data.get("input_channels", 1)) != cfg.n_mels:

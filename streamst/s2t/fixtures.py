@@ -187,7 +187,8 @@ def fbk_conformer_state(vocab: int, ctc_vocab: int, *, d: int = 16, layers: int 
         s.update(lin(p + "fc2", d, decoder_ffn))
         s.update(ln(p + "final_layer_norm"))
     s.update(ln("decoder.layer_norm"))
-    s["decoder.output_projection.weight"] = s["decoder.embed_tokens.weight"]
+    s["decoder.output_projection.weight"] = r(vocab, d, scale=0.5)  # not shared, as in FBK's checkpoints
+    s["decoder.output_projection.weight"][2] *= 0.3  # </s> rarely wins: random greedy decoding writes some words
     return s
 
 
@@ -196,16 +197,16 @@ def fbk_conformer_folder(out: str | Path, *, ctc_compress: str = "avg", ctc_laye
     """A random FBK Conformer checkpoint folder: checkpoint.pt, config_simul.yaml, gcmvn.npz, spm + dict files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    proto = tiny_spm()
+    proto = tiny_spm(44, "word")
     vocab = dictionary(proto)
     src_proto = tiny_spm(30)
     src_vocab = dictionary(src_proto)
-    state = fbk_conformer_state(len(vocab), len(src_vocab), seed=seed, **sizes)
+    state = fbk_conformer_state(len(vocab), len(src_vocab) + 1, seed=seed, **sizes)  # + <ctc_blank>
     args = argparse.Namespace(
         arch="conformer", task="speech_to_text_ctc", criterion="ctc_multi_loss", encoder_attention_heads=2,
         decoder_attention_heads=2, ctc_encoder_layer=ctc_layer, ctc_compress_strategy=ctc_compress,
         ctc_compress_max_out_size=-1, ctc_compress_fixed_ratio=4, conformer_half_step_residual=True,
-        share_decoder_input_output_embed=True, no_scale_embedding=False, activation_fn="relu",
+        share_decoder_input_output_embed=False, no_scale_embedding=False, activation_fn="relu",
         max_target_positions=256, batch_unsafe_relative_shift=False, config_yaml="config_simul.yaml")
     torch.save({"args": args, "model": state, "extra_state": {"epoch": 3}}, out / "checkpoint_avg7.pt")
     rng = np.random.default_rng(seed)

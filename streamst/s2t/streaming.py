@@ -87,6 +87,8 @@ class S2TStreamingModel:
             memory = out.memory
         else:  # one row per audio frame: the compressed frame it belongs to
             memory = out.memory[out.weights.argmax(1)]
+        if out is not None and out.ctc_logits is not None and self.src_tokenizer is not None:
+            memory._streamst_ctc = out.ctc_logits  # for ctc_words, which the session calls with the memory only
         return memory, S2TState(window, feats, out, memory)
 
     def drop_frames(self, state: S2TState, n: int) -> S2TState:
@@ -104,9 +106,11 @@ class S2TStreamingModel:
         logits = getattr(memory, "_streamst_ctc", None)
         if logits is None or self.src_tokenizer is None:
             return None
+        tok = self.src_tokenizer
+        blank = tok.index.get("<ctc_blank>", tok.unk)  # FBK's CTC blank symbol
         best = logits.argmax(-1).tolist()
-        ids = [t for i, t in enumerate(best) if t != 0 and (i == 0 or t != best[i - 1])]  # blank is id 0 (<s>)
-        return len(words_from_pieces(self.src_tokenizer.pieces(ids)))
+        ids = [t for i, t in enumerate(best) if t != blank and (i == 0 or t != best[i - 1])]
+        return len(words_from_pieces(tok.pieces(i for i in ids if i not in tok.special_ids)))
 
     # ------------------------------------------------------------------ decoder side
 
