@@ -363,3 +363,43 @@ def test_streamatt_bounds_the_encoded_window(model):
     _, session = run_session(model, "streamatt:frames=4,history_words=4,max_memory_s=3", audio)
     held = session.model_state.audio.numel() / 16000
     assert session.frames_dropped > 0 and held < 12.0
+
+
+def tiny_mustc_en_de(root, segments: int = 3):
+    """A MuST-C v1 layout (en-de, tst-COMMON) of one talk of noise segments with made-up references."""
+    import soundfile as sf
+
+    split = root / "en-de" / "data" / "tst-COMMON"
+    (split / "wav").mkdir(parents=True)
+    (split / "txt").mkdir()
+    audio, yaml_lines, offset = [], [], 0.2
+    for k in range(segments):
+        seg = noise(1.2 + 0.3 * k, 20 + k)
+        audio += [np.zeros(3200, np.float32), seg]
+        yaml_lines.append(f"- {{duration: {seg.size / 16000:.6f}, offset: {offset:.6f}, speaker_id: spk0, wav: talk0.wav}}\n")
+        offset += seg.size / 16000 + 0.2
+    sf.write(split / "wav" / "talk0.wav", np.concatenate(audio), 16000, subtype="FLOAT")
+    (split / "txt" / "tst-COMMON.yaml").write_text("".join(yaml_lines))
+    (split / "txt" / "tst-COMMON.en").write_text("the cat sat\na dog ran\nhello world\n"[: 100])
+    (split / "txt" / "tst-COMMON.de").write_text("die katze sass\nein hund lief\nhallo welt\n")
+    return root
+
+
+def test_eval_and_sweep_on_mustc_with_a_converted_model(folders, tmp_path, capsys):
+    from streamst.cli import main
+
+    mustc = tiny_mustc_en_de(tmp_path / "mustc")
+    model = tmp_path / "s2t-en-de.pt"
+    assert main(["convert", str(folders["hf"]), "--out", str(model)]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", "--mustc", str(mustc), "--pair", "en-de", "--model", str(model), "--policy",
+                 "alignatt:frames=4,layer=0,heads=mean,exclude_last=1", "--out", str(out), "--no-progress"]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert json.dumps(scores).count("BLEU") >= 1 and "LAAL" in json.dumps(scores)
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "--mustc", str(mustc), "--pair", "en-de", "--model", str(model), "--policies",
+                 "waitk:k=1;waitk:k=4", "--no-offline", "--out", str(sweep), "--no-progress"]) == 0
+    assert "waitk" in capsys.readouterr().out
+    assert main(["eval", "--mustc", str(mustc), "--pair", "en-es", "--model", str(model), "--out",
+                 str(tmp_path / "wrong"), "--no-progress"]) == 2
+    assert "is en-de, but --pair en-es" in capsys.readouterr().err  # the converted model knows its languages
