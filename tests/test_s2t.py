@@ -403,3 +403,24 @@ def test_eval_and_sweep_on_mustc_with_a_converted_model(folders, tmp_path, capsy
     assert main(["eval", "--mustc", str(mustc), "--pair", "en-es", "--model", str(model), "--out",
                  str(tmp_path / "wrong"), "--no-progress"]) == 2
     assert "is en-de, but --pair en-es" in capsys.readouterr().err  # the converted model knows its languages
+
+
+def test_the_server_scheduler_steps_s2t_streams_like_lone_sessions(model):
+    from streamst.batching.sessions import step_sessions
+    from streamst.events import Word
+    from streamst.policies import parse_policy
+    from streamst.session import Session
+
+    audios = [noise(3.0, 30), noise(2.4, 31)]
+    lone = [[w.text for w in run_session(model, "alignatt:frames=4", a)[0]] for a in audios]
+    sessions = [Session(model, parse_policy("alignatt:frames=4"), chunk_ms=320) for _ in audios]
+    words = [[], []]
+    for i in range(0, max(a.size for a in audios), 5120):
+        rows = [(s, a[i:i + 5120], False) for s, a in zip(sessions, audios) if i < a.size]
+        chunks = [(s, c, f) for s, pcm, f in rows for c, f in s.take_chunks(pcm)]
+        for (s, _, _), events in zip(chunks, step_sessions(chunks)):
+            assert not isinstance(events, BaseException)
+            words[sessions.index(s)] += [e.text for e in events if isinstance(e, Word)]
+    for k, s in enumerate(sessions):
+        words[k] += [e.text for e in s.finish() if isinstance(e, Word)]
+    assert words == lone and all(lone)
