@@ -45,6 +45,7 @@ class StreamResult:
     partials: list[str] = field(default_factory=list)
     markers: dict[Any, float] = field(default_factory=dict)  # marker id -> perf_counter time it came back
     errors: list[dict] = field(default_factory=list)
+    lags_ms: list[float] = field(default_factory=list)  # `lag_ms` of every message that carried one, in order
     done: dict | None = None
     close_code: int | None = None
 
@@ -118,6 +119,8 @@ async def _drain(ws: Any, result: StreamResult, on_message: Callable[[dict], Non
 
 def _record(result: StreamResult, msg: dict, on_message: Callable[[dict], None] | None) -> None:
     kind = msg.get("type")
+    if isinstance(msg.get("lag_ms"), (int, float)):
+        result.lags_ms.append(float(msg["lag_ms"]))
     if kind == "ready":
         result.ready = msg
     elif kind == "stable":
