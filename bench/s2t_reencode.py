@@ -99,7 +99,8 @@ def main() -> None:
     print(f"{'held s':>7} {'frames':>7} {'encode ms':>10} {'decode ms':>10} {'x real time':>12}")
     for r in rows:
         total = r["encode_ms"] + r["decode_ms"]
-        print(f"{r['held_s']:>7.0f} {r['frames']:>7} {r['encode_ms']:>10.1f} {r['decode_ms']:>10.1f} {total / 320:>12.2f}")
+        print(f"{r['held_s']:>7.0f} {r['frames']:>7} {r['encode_ms']:>10.1f} {r['decode_ms']:>10.1f} "
+              f"{total / 320:>12.2f}")
     streams = []
     if args.stream_s > 0:
         for policy in ("alignatt:frames=4", "streamatt:frames=4,history_words=20,max_memory_s=10"):

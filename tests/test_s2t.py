@@ -3,7 +3,6 @@ transformers itself; the same weights repacked as a fairseq checkpoint; convert,
 every policy through a Session. No downloads."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -51,7 +50,8 @@ def model(folders):
 def hf_features(folder, audio):
     from transformers import Speech2TextFeatureExtractor
 
-    return Speech2TextFeatureExtractor.from_pretrained(folder)(audio, sampling_rate=16000, return_tensors="pt").input_features
+    extractor = Speech2TextFeatureExtractor.from_pretrained(folder)
+    return extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
 
 
 # ---------------------------------------------------------------------------------------------------- features
@@ -123,7 +123,8 @@ def test_encoder_logits_and_every_cross_attention_head_equal_transformers(folder
 def test_greedy_tokens_identical_to_generate(folders, model, hf_model, seed):
     audio = noise(1.0 + seed / 4, seed)
     with torch.no_grad():
-        ref = hf_model.generate(hf_features(folders["hf"], audio), num_beams=1, do_sample=False, max_new_tokens=40)[0].tolist()
+        ref = hf_model.generate(hf_features(folders["hf"], audio), num_beams=1, do_sample=False,
+                                max_new_tokens=40)[0].tolist()
     assert ref[0] == 2
     ref = ref[1:]
     ended_ref = bool(ref) and ref[-1] == 2
@@ -376,7 +377,8 @@ def tiny_mustc_en_de(root, segments: int = 3):
     for k in range(segments):
         seg = noise(1.2 + 0.3 * k, 20 + k)
         audio += [np.zeros(3200, np.float32), seg]
-        yaml_lines.append(f"- {{duration: {seg.size / 16000:.6f}, offset: {offset:.6f}, speaker_id: spk0, wav: talk0.wav}}\n")
+        yaml_lines.append(f"- {{duration: {seg.size / 16000:.6f}, offset: {offset:.6f}, speaker_id: spk0, "
+                          "wav: talk0.wav}\n")
         offset += seg.size / 16000 + 0.2
     sf.write(split / "wav" / "talk0.wav", np.concatenate(audio), 16000, subtype="FLOAT")
     (split / "txt" / "tst-COMMON.yaml").write_text("".join(yaml_lines))

@@ -23,7 +23,8 @@ torch.set_num_threads(1)
 def noise(seconds: float, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     n = int(seconds * 16000)
-    return torch.from_numpy((rng.normal(0, 1, n) * (0.05 + 0.2 * np.abs(np.sin(np.linspace(0, 9, n))))).astype(np.float32))
+    envelope = 0.05 + 0.2 * np.abs(np.sin(np.linspace(0, 9, n)))
+    return torch.from_numpy((rng.normal(0, 1, n) * envelope).astype(np.float32))
 
 
 # ------------------------------------------------------------------ FBK's computation, restated from its code
@@ -56,7 +57,8 @@ def fbk_encoder(s: dict, feats: torch.Tensor, *, heads: int, ctc_layer: int, str
     x = feats.unsqueeze(0).transpose(1, 2)
     for i in range(2):
         w = s[f"encoder.subsample.conv_layers.{i}.weight"]
-        x = F.glu(F.conv1d(x, w, s[f"encoder.subsample.conv_layers.{i}.bias"], stride=2, padding=w.shape[2] // 2), dim=1)
+        b = s[f"encoder.subsample.conv_layers.{i}.bias"]
+        x = F.glu(F.conv1d(x, w, b, stride=2, padding=w.shape[2] // 2), dim=1)
     x = x.transpose(1, 2)  # B x T x C
     d = x.shape[2]
     x = x * math.sqrt(d)

@@ -34,7 +34,8 @@ class S2TBundle:
         return {
             "format": FORMAT, "version": VERSION, "kind": KIND,
             "config": self.config.to_dict(),
-            "state_dict": {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in self.state.items()},
+            "state_dict": {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+                           for k, v in self.state.items()},
             "tokenizer": self.tokenizer.to_dict(),
             "src_tokenizer": None if self.src_tokenizer is None else self.src_tokenizer.to_dict(),
             "cmvn": self.cmvn.to_dict(),

@@ -46,7 +46,8 @@ class RelativeAttention(nn.Module):
         self.heads, self.d_head, self.d = heads, d // heads, d
         self.query_proj, self.key_proj, self.value_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.pos_proj = nn.Linear(d, d, bias=False)
-        self.u_bias, self.v_bias = nn.Parameter(torch.zeros(heads, self.d_head)), nn.Parameter(torch.zeros(heads, self.d_head))
+        self.u_bias = nn.Parameter(torch.zeros(heads, self.d_head))
+        self.v_bias = nn.Parameter(torch.zeros(heads, self.d_head))
         self.out_proj = nn.Linear(d, d)
 
     def forward(self, x: Tensor) -> Tensor:

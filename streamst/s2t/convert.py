@@ -43,7 +43,10 @@ def run_convert(args: argparse.Namespace) -> int:
 def summary(obj: dict) -> str:
     """One line: architecture, sizes, languages."""
     c = obj["config"]
-    ctc = f", CTC after layer {c['ctc_layer']}" + (f" ({c['ctc_compress']} compression)" if c["ctc_compress"] != "none" else "") if c["ctc_layer"] else ""
+    ctc = ""
+    if c["ctc_layer"]:
+        ctc = f", CTC after layer {c['ctc_layer']}"
+        ctc += f" ({c['ctc_compress']} compression)" if c["ctc_compress"] != "none" else ""
     langs = obj["src_lang"] if obj["task"] == "asr" else f"{obj['src_lang']}-{obj['tgt_lang'] or '?'}"
     return (f"{obj.get('meta', {}).get('format', 's2t')}: {c['encoder']} encoder {c['encoder_layers']} layers{ctc}, "
             f"decoder {c['decoder_layers']} layers, d={c['d_model']}, vocabulary {c['vocab_size']}, "

@@ -63,7 +63,8 @@ def compression_weights(probs: Tensor, runs: list[tuple[int, int]], strategy: st
     return w
 
 
-def compress(x: Tensor, ctc_logits: Tensor, strategy: str, fixed_ratio: int = 4, max_out: int = -1) -> tuple[Tensor, Tensor]:
+def compress(x: Tensor, ctc_logits: Tensor, strategy: str, fixed_ratio: int = 4,
+             max_out: int = -1) -> tuple[Tensor, Tensor]:
     """x [frames, D] and its CTC logits [frames, V] -> (compressed [groups, D], W [frames, groups])."""
     probs = ctc_logits.softmax(-1)
     runs = cap_runs(label_runs(probs), max_out)

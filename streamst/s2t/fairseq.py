@@ -115,7 +115,8 @@ def architecture(args: dict, state: dict) -> S2TConfig:
         if key not in args:
             raise ValueError(f"the checkpoint's arguments lack {key}")
     out = state.get("decoder.output_projection.weight")
-    tied = out is None or bool(args.get("share_decoder_input_output_embed")) or torch.equal(out, state["decoder.embed_tokens.weight"])
+    tied = (out is None or bool(args.get("share_decoder_input_output_embed"))
+            or torch.equal(out, state["decoder.embed_tokens.weight"]))
     ctc = "encoder.ctc_fc.weight" in state
     cfg = dict(
         vocab_size=vocab, d_model=d, encoder=encoder, encoder_layers=_layers(state, prefix),

@@ -12,7 +12,7 @@ the compressed memory and the weights that map attention back to audio frames.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -132,7 +132,8 @@ class S2TStreamingModel:
         tok = self.tokenizer
         hyp = decode(self.net.decoder, target, forced, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens, stop=stop,
                      word_start_ids=tok.word_start_ids)
-        pre = hyp.prefix_attention[:, :, len(self.lang_prefix):] if prefix and hyp.prefix_attention is not None else None
+        pre = hyp.prefix_attention
+        pre = pre[:, :, len(self.lang_prefix):] if prefix and pre is not None else None  # rows of the prefix only
         if back is not None:
             hyp.attention = hyp.attention @ back
             pre = None if pre is None else pre @ back

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from streamst.s2t.config import S2TConfig
-from streamst.s2t.layers import Attention, Positions, activation
+from streamst.s2t.layers import Attention, Positions, Subsampler, activation
 
 
 class EncoderLayer(nn.Module):
@@ -33,8 +33,6 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, cfg: S2TConfig):
         super().__init__()
-        from streamst.s2t.layers import Subsampler
-
         self.subsample = Subsampler(cfg.n_mels, cfg.conv_channels, cfg.d_model, cfg.conv_kernel_sizes)
         self.scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         self.positions = Positions(cfg.d_model, cfg.pad)
