@@ -59,13 +59,14 @@ def _span(word: Any) -> tuple[float, float]:
     return float(start), float(max(end, start))
 
 
-def group_cues(words: Iterable[Any], max_chars: int = 42, max_ms: float = 5000.0, min_ms: float = 500.0) -> list[Cue]:
+def group_cues(words: Iterable[Any], max_chars: int = 42, max_ms: float = 5000.0, min_ms: float = 500.0,
+               source_ms: float | None = None) -> list[Cue]:
     """Cut the word sequence into cues of at most `max_chars` characters and `max_ms` duration.
 
     A cue starts at its first word's span (spans put in order first), ends a sentence, breaks at a pause of
     `PAUSE_MS`, stays on for its reading time (`MS_PER_CHAR` a character, at least `min_ms`) unless the next cue
     starts earlier, and never overlaps the next one. The last cue lasts until its words were committed, so a
-    file's captions run to where its last words were heard.
+    file's captions run to where its last words were heard; no cue runs past `source_ms` (the audio's length).
     """
     groups: list[list[tuple[str, float, float, float]]] = []
     for w in ordered_spans(words):
@@ -91,6 +92,8 @@ def group_cues(words: Iterable[Any], max_chars: int = 42, max_ms: float = 5000.0
         next_start = groups[i + 1][0][1] if i + 1 < len(groups) else None
         if next_start is not None and next_start > start:
             end = min(end, next_start)  # cues do not overlap
+        if source_ms is not None and source_ms > start:
+            end = min(end, source_ms)
         cues.append(Cue(start, end, text))
     return cues
 

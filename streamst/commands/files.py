@@ -124,7 +124,7 @@ class Writer:
         from streamst.captions import group_cues, srt_blocks, vtt_blocks
 
         if self.fmt in ("srt", "vtt"):
-            cues = group_cues(words)
+            cues = group_cues(words, source_ms=source_ms)
             if self.paths is not None:
                 text = ("\n".join(srt_blocks(cues)) if self.fmt == "srt"
                         else "WEBVTT\n\n" + "\n".join(vtt_blocks(cues)))
