@@ -426,3 +426,23 @@ def test_the_server_scheduler_steps_s2t_streams_like_lone_sessions(model):
     for k, s in enumerate(sessions):
         words[k] += [e.text for e in s.finish() if isinstance(e, Word)]
     assert words == lone and all(lone)
+
+
+def test_the_window_cap_cuts_old_audio_and_keeps_word_times_on_the_stream_clock(folders):
+    from streamst.s2t import load_bundle
+    from streamst.s2t.streaming import S2TStreamingModel
+
+    capped = S2TStreamingModel(load_bundle(folders["hf"]), max_window_s=2.0)
+    audio = noise(6.0, 40)
+    words, session = run_session(capped, "alignatt:frames=4", audio)
+    state = session.model_state
+    assert capped.samples_cut(state) > 0 and state.audio.numel() <= 2.0 * 16000 + 640
+    assert session.memory.shape[0] <= 50
+    assert words and all(w.start_ms is None or 0 <= w.start_ms <= w.end_ms <= session.source_ms for w in words)
+    assert load_s2t(folders["hf"]).max_frames == 3000 // 4  # the trained input limit: 3000 fbank frames here
+    _, held = capped.encode(torch.from_numpy(noise(1.0, 41)), capped.init_state())
+    assert not capped.needs_commit(held)
+    _, held = capped.encode(torch.from_numpy(noise(1.8, 42)), held)
+    assert capped.needs_commit(held)  # within a fifth of the 2 s cap: the session commits what it holds
+    with pytest.raises(ValueError, match="two encoder frames"):
+        S2TStreamingModel(load_bundle(folders["hf"]), max_window_s=0.05)

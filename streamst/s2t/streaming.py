@@ -33,6 +33,7 @@ class S2TState:
     fbank: Tensor
     encoded: EncoderOutput | None = None
     memory: Tensor | None = None  # what `encode` returned for `encoded` (how `decode` recognises it)
+    cut: int = 0  # samples the model cut from the front itself (the window cap), for `samples_cut`
 
 
 class S2TStreamingModel:
@@ -40,7 +41,8 @@ class S2TStreamingModel:
 
     appends_memory = False
 
-    def __init__(self, bundle: S2TBundle, *, tgt_lang: str | None = None, name: str = ""):
+    def __init__(self, bundle: S2TBundle, *, tgt_lang: str | None = None, name: str = "",
+                 max_window_s: float | None = None):
         self.bundle, self.cfg = bundle, bundle.config
         self.net = S2TNet(self.cfg)
         self.net.load_fairseq_state(bundle.state)
@@ -55,6 +57,13 @@ class S2TStreamingModel:
         self.fbank_per_frame = 2 ** len(self.cfg.conv_kernel_sizes)  # 10 ms fbank frames per encoder frame
         self.frame_ms = 10.0 * self.fbank_per_frame
         self.max_target_tokens = self.cfg.max_target_positions - len(self.lang_prefix)
+        # the longest input the model trained on (fairseq filters on max_source_positions fbank frames): a
+        # stream whose policy never drops audio keeps at most this window, cutting whole frames from the front
+        window_s = max_window_s if max_window_s is not None else self.cfg.max_source_positions / 100.0
+        if window_s * 1000 < 2 * self.frame_ms:
+            raise ValueError(f"max_window_s must hold at least two encoder frames, got {window_s}")
+        self.max_frames = int(window_s * 1000 // self.frame_ms)
+        self.commit_frames = self.max_frames - max(1, min(int(4000 // self.frame_ms), self.max_frames // 5))
 
     def _lang_prefix(self, lang: str | None) -> list[int]:
         """[<lang:xx>] for a multilingual vocabulary (which then needs a target language), else []."""
@@ -80,6 +89,11 @@ class S2TStreamingModel:
             return state.memory, state
         window = torch.cat([state.audio, audio])
         feats = torch.cat([state.fbank, fbank_from(window, state.fbank.shape[0], self.cfg.n_mels)])
+        cut = state.cut
+        excess = self.net.encoder.body.subsample.out_frames(feats.shape[0]) - self.max_frames
+        if excess > 0:  # past the window cap: forget whole encoder frames from the front
+            window, feats = window[excess * self.fbank_per_frame * SHIFT:], feats[excess * self.fbank_per_frame:]
+            cut += excess * self.fbank_per_frame * SHIFT
         out = encode_features(self.net, self.cmvn(feats))
         if out is None:
             memory = torch.zeros(0, self.cfg.d_model)
@@ -89,17 +103,23 @@ class S2TStreamingModel:
             memory = out.memory[out.weights.argmax(1)]
         if out is not None and out.ctc_logits is not None and self.src_tokenizer is not None:
             memory._streamst_ctc = out.ctc_logits  # for ctc_words, which the session calls with the memory only
-        return memory, S2TState(window, feats, out, memory)
+        return memory, S2TState(window, feats, out, memory, cut)
 
     def drop_frames(self, state: S2TState, n: int) -> S2TState:
         """Forget the first n 40 ms frames of audio (StreamAtt); the next `encode` re-encodes the rest."""
         if n <= 0:
             return state
         k = n * self.fbank_per_frame
-        return S2TState(state.audio[k * SHIFT:], state.fbank[k:])
+        return S2TState(state.audio[k * SHIFT:], state.fbank[k:], cut=state.cut)
+
+    def needs_commit(self, state: S2TState) -> bool:
+        """The window is within 4 s (or a fifth of it) of its cap: what it holds must be committed before the
+        cap cuts it."""
+        return self.net.encoder.body.subsample.out_frames(state.fbank.shape[0]) >= self.commit_frames
 
     def samples_cut(self, state: S2TState) -> int:
-        return 0  # the model cuts nothing on its own; the session counts what drop_frames removed
+        """Samples the window cap cut (what the session's drop_frames removed it counts itself)."""
+        return state.cut
 
     def ctc_words(self, memory: Tensor) -> int | None:
         """Source words from the CTC head, when the checkpoint names its vocabulary (else None)."""
