@@ -446,3 +446,14 @@ def test_the_window_cap_cuts_old_audio_and_keeps_word_times_on_the_stream_clock(
     assert capped.needs_commit(held)  # within a fifth of the 2 s cap: the session commits what it holds
     with pytest.raises(ValueError, match="two encoder frames"):
         S2TStreamingModel(load_bundle(folders["hf"]), max_window_s=0.05)
+
+
+def test_tokenizer_equals_speech2text_tokenizer(folders, model):
+    from transformers import Speech2TextTokenizer
+
+    ref = Speech2TextTokenizer.from_pretrained(folders["hf"])
+    for text in ("the cat sat on the mat", "hello world again", "a zebra jumps quickly"):
+        ids = ref(text).input_ids
+        assert ids[-1] == model.tokenizer.eos and model.tokenizer.encode(text) == ids[:-1]
+        assert model.tokenizer.decode(ids) == ref.decode(ids, skip_special_tokens=True)
+        assert model.tokenizer.pieces(ids[:-1]) == ref.convert_ids_to_tokens(ids[:-1])
