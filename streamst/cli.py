@@ -40,7 +40,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        empty = action.default in (None, False, argparse.SUPPRESS) or action.default == [] or action.default == ""
+        if "default" in text.lower() or empty or not action.option_strings:
             return text
         return super()._get_help_string(action)
 
@@ -102,7 +103,11 @@ def _message(e: BaseException) -> str:
     if isinstance(e, ImportError) and not isinstance(e, ModuleNotFoundError):
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     if isinstance(e, ModuleNotFoundError):
-        return f"{e} (a package is missing: reinstall streamst with the extra this command needs)"
+        top = (e.name or "").split(".")[0]
+        if top == "streamst":
+            return (f"{e}: this streamst is incomplete, or a `streamst` folder in the current directory hides the "
+                    "installed one")
+        return f"the Python package {top!r} is missing: pip install {top} (or the streamst extra that has it)"
     text = str(e) or type(e).__name__
     return text if "\n" not in text else text.splitlines()[0]
 
