@@ -222,7 +222,7 @@ def caption_remote(source: InputSource, url: str, config: dict, token: str | Non
             loop.remove_signal_handler(signal.SIGINT)
 
     cfg = {"sample_rate": source.sample_rate, "channels": source.channels, "encoding": "f32le", **config}
-    result = asyncio.run(stream_audio(url, pieces(), cfg, token=token, on_message=on_message))
+    result = asyncio.run(stream_audio(url, pieces(), cfg, token=token, on_message=on_message, ping_every_s=1.0))
     return result.words
 
 

@@ -212,3 +212,50 @@ def test_admission_uses_the_measured_capacity_unless_max_streams_is_given(tiny_m
         assert fixed.admit("c") is None  # --max-streams overrides the measurement
     finally:
         scheduler.close()
+
+
+# ------------------------------------------------------------------------------------------- catch-up
+
+
+def steps_for_a_burst(model, wav_audio: np.ndarray, limits) -> tuple[int, dict, int]:
+    """One client sends its whole utterance in one frame, then eos, to an in-process server: (model rounds run,
+    the client's result, chunks the session read)."""
+    from streamst.server.app import ServerConfig, StreamServer
+    from streamst.server.batching import BatchingScheduler
+    from streamst.server.client import stream_audio
+
+    pcm = (np.clip(wav_audio[:, 0], -1, 1) * 32767).astype("<i2").tobytes()
+
+    async def main():
+        scheduler = BatchingScheduler(torch_threads=1)
+        server = StreamServer(model, ServerConfig(model_name="tiny", default_policy="waitk:k=2", limits=limits),
+                              scheduler)
+        ws_server = await server.start("127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{next(iter(ws_server.sockets)).getsockname()[1]}/"
+        try:
+            result = await stream_audio(url, [pcm], {"sample_rate": 16000})
+        finally:
+            await server.shutdown(timeout_s=10)
+            scheduler.close()
+        return len(scheduler.steps_ms), result
+
+    rounds, result = asyncio.run(asyncio.wait_for(main(), 120))
+    return rounds, result, int(np.ceil(len(wav_audio) / 16000 / 0.32))
+
+
+def test_a_stream_that_falls_behind_catches_up_with_larger_chunks(tiny_model, tiny_corpus):
+    from streamst.server.protocol import Limits
+
+    audio, rate = speech(tiny_corpus, 6.0)
+    assert rate == 16000
+    rounds, result, chunks = steps_for_a_burst(tiny_model, audio, Limits())
+    # 6 s arrive at once: the first chunk runs alone, then the stream is 5.7 s behind (> catchup_lag_s) and takes
+    # the rest as one chunk: a few model rounds instead of one per 320 ms chunk
+    assert rounds <= 4 < chunks, (rounds, chunks)
+    assert result.done["reason"] == "eos" and result.done["stats"]["audio_s"] == pytest.approx(len(audio) / rate,
+                                                                                              abs=0.05)
+    assert result.lags_ms and result.lags_ms[-1] == 0.0  # `done`: nothing received is left behind
+    off, result_off, _ = steps_for_a_burst(tiny_model, audio, Limits(catchup_lag_s=float("inf")))
+    assert off >= chunks - 1  # without catch-up: one round per chunk
+    if result_off.words:
+        assert result.words, "catching up lost every word"

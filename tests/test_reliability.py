@@ -166,6 +166,35 @@ def test_a_client_that_stops_reading_is_dropped_and_others_keep_their_words(tiny
     assert open_after == 0  # both slots were freed
 
 
+def test_a_client_that_stops_reading_gets_a_typed_slow_consumer_when_it_reads_again(tiny_model):
+    """Dropping a non-reading client is never a silent close: the error and close frame wait behind its unread
+    messages, so a client that reads again within `send_timeout_s` learns why."""
+    limits = Limits(send_queue=8, send_timeout_s=20.0)
+    big_id = "x" * 8000
+
+    async def main():
+        async with LocalServer(tiny_model, limits) as srv:
+            sock = socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1].strip("/"))))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            ws = await connect(srv.url, sock=sock, max_queue=1, compression=None)
+            await ws.send(json.dumps({"type": "config"}))
+            sent = 0
+            deadline = time.monotonic() + 60
+            while not any(c._dropping is not None for c in srv.server.connections):  # the server gave up on it
+                assert time.monotonic() < deadline, f"not dropped after {sent} pings"
+                await ws.send(json.dumps({"type": "ping", "id": big_id}))
+                sent += 1
+                await asyncio.sleep(0.002)
+            msgs = await messages_until_close(ws)  # it reads again
+            return msgs, ws.close_code, await freed(srv.server)
+
+    msgs, code, open_after = run(main())
+    print("DEBUG", code, len(msgs), [m["type"] for m in msgs][-3:], msgs[-1].get("error"))
+    assert msgs[0]["type"] == "ready" and {m["type"] for m in msgs[1:-1]} == {"pong"}
+    assert msgs[-1]["type"] == "error" and msgs[-1]["error"] == "slow_consumer" and msgs[-1]["fatal"]
+    assert code == Close.SLOW_CONSUMER and open_after == 0
+
+
 class FailingPolicy:
     """Wraps a real policy; its third decision raises (a bug inside one stream's step)."""
 

@@ -169,8 +169,10 @@ class Connection:
         self.session: Any = None
         self.admitted = False
         self.work = WorkQueue(self.limits.work_queue)
+        self.catching_up = False
         self.outgoing: asyncio.Queue = asyncio.Queue(maxsize=self.limits.send_queue)
         self.closing = False
+        self._dropping: asyncio.Task | None = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def run(self) -> None:
@@ -254,12 +256,30 @@ class Connection:
             await self.ws.close(int(Close.INTERNAL), "internal")
 
     def _abort(self) -> None:
-        """Drop a client that does not read: close the TCP connection without waiting for it."""
+        """Drop a client that does not read: its typed `slow_consumer` error and close frame go behind what the
+        socket already holds (a client that reads again within `send_timeout_s` sees them), then the TCP
+        connection is aborted. The reader and the other streams never wait for it."""
+        if self._dropping is not None:
+            return
         self.closing = True
         self.protocol.on_slow_consumer()
-        transport = getattr(self.ws, "transport", None)
-        if transport is not None:
-            transport.abort()
+        self._dropping = asyncio.create_task(self._drop())
+
+    async def _drop(self) -> None:
+        text = json.dumps(error_message("slow_consumer", "client is not reading its messages", fatal=True))
+        try:
+            try:  # written without waiting for the client to drain the socket
+                self.ws.protocol.send_text(text.encode())
+                self.ws.protocol.send_close(int(Close.SLOW_CONSUMER), "slow_consumer")
+                self.ws.send_data()
+            except Exception as e:  # noqa: BLE001
+                log.warning("DEBUG drop %r", e)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.wait_closed(), self.limits.send_timeout_s)
+        finally:
+            transport = getattr(self.ws, "transport", None)
+            if transport is not None:
+                transport.abort()
 
     def _open(self, action: Open) -> list:
         refusal = self.server.admit(self.client)
@@ -277,20 +297,21 @@ class Connection:
 
     # ---- worker: this stream's ordered work ----
 
-    def _piece_bytes(self) -> tuple[int, bool]:
-        """How much audio the next step takes, and whether it is one merged chunk: a chunk while the stream keeps
-        up, up to `catchup_max_s` once it is `catchup_lag_s` behind (fewer decoder calls: it catches up)."""
+    def _piece_bytes(self) -> int:
+        """How much audio the next step takes (and whether as one merged chunk, in `catching_up`): a chunk while
+        the stream keeps up, up to `catchup_max_s` once it is `catchup_lag_s` behind (fewer decoder calls)."""
         c = self.protocol.config
+        self.catching_up = False
         if c is None:
-            return 1 << 30, False
-        catch_up = self.protocol.lag_ms >= self.limits.catchup_lag_s * 1000.0
-        seconds = self.limits.catchup_max_s if catch_up else c.chunk_ms / 1000.0
-        return max(1, int(seconds * c.sample_rate)) * c.frame_bytes, catch_up
+            return 1 << 30
+        self.catching_up = self.protocol.lag_ms >= self.limits.catchup_lag_s * 1000.0
+        seconds = self.limits.catchup_max_s if self.catching_up else c.chunk_ms / 1000.0
+        return max(1, int(seconds * c.sample_rate)) * c.frame_bytes
 
     async def _work_loop(self) -> None:
         while True:
-            size, catch_up = self._piece_bytes()
-            item = await self.work.get(size)
+            item = await self.work.get(self._piece_bytes)
+            catch_up = self.catching_up
             if self.session is None:
                 continue
             try:

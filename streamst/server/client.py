@@ -5,6 +5,7 @@ Used by `streamst stream`, `streamst mic --url`, the load script and the tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -65,11 +66,13 @@ async def stream_audio(
     marker_sent: Callable[[Any], None] | None = None,
     eos: bool = True,
     open_timeout: float = 30.0,
+    ping_every_s: float = 0.0,
 ) -> StreamResult:
     """Open a stream with `config`, send every piece, then `eos`; returns when the server closes.
 
     With `marker_every=n`, a marker (id = piece index) follows every n-th piece; `marker_sent(id)` is
-    called as it goes out (the load script times the echo against it).
+    called as it goes out (the load script times the echo against it). With `ping_every_s`, a `ping` goes out
+    that often (its `pong` carries the server's `lag_ms` at once, even while no words come).
     """
     result = StreamResult()
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -96,11 +99,20 @@ async def stream_audio(
             except ConnectionClosed:
                 pass
 
+        async def ping_loop() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await asyncio.sleep(ping_every_s)
+                    await ws.send(json.dumps({"type": "ping", "id": "lag"}))
+
         sender = asyncio.create_task(send_all())
+        pinger = asyncio.create_task(ping_loop()) if ping_every_s > 0 else None
         try:
             await _drain(ws, result, on_message)
         finally:
             sender.cancel()
+            if pinger is not None:
+                pinger.cancel()
         result.close_code = ws.close_code
     fatal = [e for e in result.errors if e.get("fatal")]
     if fatal and result.done is None:

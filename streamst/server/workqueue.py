@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from streamst.server.protocol import Audio
 
@@ -38,11 +38,14 @@ class WorkQueue:
         self._ready.set()
         return True
 
-    async def get(self, max_audio_bytes: int) -> Any:
-        """The next item; audio comes as `Audio` of at most `max_audio_bytes` (the rest stays at the head)."""
+    async def get(self, max_audio_bytes: int | Callable[[], int]) -> Any:
+        """The next item; audio comes as `Audio` of at most `max_audio_bytes` (the rest stays at the head). A
+        callable is asked once an item is there (the size may depend on how far behind the stream is by then)."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
+        if callable(max_audio_bytes):
+            max_audio_bytes = max_audio_bytes()
         head = self._items[0]
         if not isinstance(head, bytearray):
             self._items.popleft()

@@ -56,6 +56,10 @@ function onMessage(msg) {
       setStatus(`done: ${msg.stats.audio_s.toFixed(1)} s of audio, real-time factor ${msg.stats.rtf.toFixed(2)}`);
       break;
     case "error":
+      if (!msg.fatal && msg.error === "lagging") {  // a warning: the stream goes on
+        setStatus(`the server is behind: ${msg.message}`, true);
+        break;
+      }
       state.errors.push(msg);
       setStatus(`${msg.error}: ${msg.message}` + (msg.retry_after_s ? ` (retry in ${msg.retry_after_s} s)` : ""), true);
       break;
@@ -92,12 +96,18 @@ async function start() {
   state.ws = ws;
   let ready = false;
   ws.onopen = () => ws.send(JSON.stringify(streamConfig(ctx.sampleRate)));
+  let pinger = null;
   ws.onmessage = (e) => {
     const msg = JSON.parse(e.data);
-    if (msg.type === "ready") ready = true;
+    if (msg.type === "ready") {
+      ready = true;
+      // a pong carries the server's lag at once, so the figure stays fresh while no words come
+      pinger = setInterval(() => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "ping" })); }, 1000);
+    }
     onMessage(msg);
   };
   ws.onclose = (e) => {
+    if (pinger) clearInterval(pinger);
     if (!state.done && !state.errors.length) setStatus(`connection closed (${e.code} ${e.reason})`, e.code !== 1000);
     teardownAudio();
     $("start").disabled = false;
