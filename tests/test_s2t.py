@@ -178,16 +178,23 @@ def test_beam_search(model):
 # ---------------------------------------------------------------------------------------------------- fairseq
 
 def test_fairseq_repack_gives_identical_outputs(folders, model):
+    from streamst.s2t.net import encode_features
+
     fs = load_s2t(folders["fairseq"])
     assert fs.cmvn.kind == "utterance_fairseq" and fs.cfg == model.cfg
     for seed in (10, 11):
         audio = torch.from_numpy(noise(1.7, seed))
+        feats = model.cmvn(fbank(audio))  # the same features into both networks: identical outputs
+        e1, e2 = encode_features(model.net, feats), encode_features(fs.net, feats)
+        assert torch.equal(e1.memory, e2.memory)
+        # from audio, each with its own CMVN formula (HF's std vs fairseq's E[x^2] - mean^2: float rounding only)
         m1, s1 = model.encode(audio, model.init_state(), final=True)
         m2, s2 = fs.encode(audio, fs.init_state(), final=True)
-        assert torch.allclose(m1, m2, atol=1e-4)
+        assert torch.allclose(model.cmvn(fbank(audio)), fs.cmvn(fbank(audio)), atol=3e-3)
+        assert torch.allclose(m1, m2, atol=1e-3)
         h1, _ = model.decode(m1, [], s1, max_tokens=30)
         h2, _ = fs.decode(m2, [], s2, max_tokens=30)
-        assert h1.tokens == h2.tokens and torch.allclose(h1.attention, h2.attention, atol=1e-4)
+        assert h1.tokens == h2.tokens and torch.allclose(h1.attention, h2.attention, atol=1e-3)
 
 
 def test_fairseq_config_as_omegaconf_like_objects(folders, tmp_path):

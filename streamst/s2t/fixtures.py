@@ -55,10 +55,12 @@ def hf_folder(out: str | Path, *, d_model: int = 16, layers: int = 2, heads: int
         conv_channels=2 * d_model, max_source_positions=3000, max_target_positions=256, dropout=0.0,
         tie_word_embeddings=tied)
     model = Speech2TextForConditionalGeneration(config).eval()
-    with torch.no_grad():  # livelier than the default init: layer norms and biases away from 1 and 0
-        for name, p in model.named_parameters():
+    with torch.no_grad():  # livelier than the default init: unit-gain weights, layer norms and biases off 1 and 0,
+        for name, p in model.named_parameters():  # so that the output depends on the audio
             if name.endswith("bias") or "layer_norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
+            elif p.dim() >= 2 and "embed" not in name:
+                p.normal_(0, p[0].numel() ** -0.5)
         out_w = model.lm_head.weight
         out_w.normal_(0, 0.5)
         out_w[2] *= 0.3  # </s> rarely wins, so greedy decoding writes some tokens before it ends
