@@ -8,6 +8,13 @@ from typing import Any, Iterable
 MS_PER_CHAR = 60.0  # reading time: about 17 characters a second, the usual ceiling for subtitles
 PAUSE_MS = 2000.0  # a pause this long between two words starts a new cue
 SENTENCE_END = (".", "?", "!", "。", "？", "！")
+ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "jr.", "sr.", "e.g.", "i.e.", "vs.", "hr.", "fr.", "frau.",
+                 "nr.", "z.b.", "sra.", "sr.", "dra."}  # a period that ends no sentence
+
+
+def ends_sentence(word: str) -> bool:
+    """Whether a cue may end after this word: final punctuation that is not a title like "Mr."."""
+    return word.endswith(SENTENCE_END) and word.lower() not in ABBREVIATIONS
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def group_cues(words: Iterable[Any], max_chars: int = 42, max_ms: float = 5000.0
         start, end = _span(w)
         emitted = float(_field(w, "emitted_ms") or end)
         cur = groups[-1] if groups else None
-        if cur is not None and not cur[-1][0].endswith(SENTENCE_END) and start - cur[-1][2] < PAUSE_MS:
+        if cur is not None and not ends_sentence(cur[-1][0]) and start - cur[-1][2] < PAUSE_MS:
             length = sum(len(t) + 1 for t, *_ in cur) + len(text)
             if length <= max_chars and end - cur[0][1] <= max_ms:
                 cur.append((text, start, end, emitted))

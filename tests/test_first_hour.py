@@ -293,3 +293,11 @@ def test_negative_longyaal_is_explained():
     res = longform.long_yaal(segments, [talk], "word", None, computation_aware=False)
     assert res.values["LongYAAL"] < 0
     assert any("negative by 2 of 4 words emitted before the start of the segment" in w for w in res.warnings)
+
+
+def test_cues_end_at_sentences_but_not_after_a_title():
+    from streamst.captions import group_cues
+
+    words = [{"text": t, "emitted_ms": 400.0 * (i + 1), "start_ms": 300.0 * i, "end_ms": 300.0 * i + 250}
+             for i, t in enumerate("And Mr. Dashwood left. He came back".split())]
+    assert [c.text for c in group_cues(words)] == ["And Mr. Dashwood left.", "He came back"]

@@ -60,7 +60,8 @@ def model_languages(name_or_path: str) -> tuple[str, str | None, str | None]:
     if obj.get("kind") == "whisper":
         return "asr", None, None
     task = "asr" if obj.get("task", "st") == "asr" else "st"
-    return task, obj.get("src_lang"), (obj.get("tgt_lang") if task == "st" else obj.get("src_lang"))
+    src = obj.get("src_lang") or None  # an empty string says nothing either
+    return task, src, ((obj.get("tgt_lang") or None) if task == "st" else src)
 
 
 def check_model_languages(model: str, task: str, pair: str) -> None:
