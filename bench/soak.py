@@ -231,7 +231,8 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen,
     cmd = [sys.executable, "-m", "streamst.cli", "serve", "--model", args.model, "--port", "0",
            "--port-file", str(port_file), "--policy", args.policy, "--chunk-ms", str(args.chunk_ms),
            "--max-streams", str(args.streams), "--max-streams-per-client", str(args.streams),
-           "--idle-timeout-s", "600", "--torch-threads", "1", "--scheduler", args.scheduler, "--log-level", "WARNING"]
+           "--idle-timeout-s", "600", "--torch-threads", "1", "--scheduler", args.scheduler, "--log-level", "WARNING",
+           "--catch-up-lag-s", "inf"]  # every stream's words are checked against a lone Session's: no merged chunks
     server = subprocess.Popen(cmd, stderr=open(tmp / "serve.log", "w"), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not port_file.exists():
