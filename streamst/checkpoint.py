@@ -67,6 +67,12 @@ def model_from_checkpoint(obj: dict, name: str = ""):
         from streamst.whisper import load_whisper_checkpoint
 
         return load_whisper_checkpoint(obj)
+    if obj.get("kind") == "whisper-causal":
+        from streamst.whisper.causal_streaming import load_causal_checkpoint
+
+        model = load_causal_checkpoint(obj)
+        model.name = name
+        return model
     if obj.get("kind") == "s2t":  # a converted fairseq S2T / HF Speech2Text / FBK Conformer model
         from streamst.s2t import load_s2t_checkpoint
 

@@ -170,6 +170,9 @@ class OnnxSpeechModel:
     def samples_cut(self, state: OnnxStreamState) -> int:
         return 0
 
+    def needs_commit(self, state: OnnxStreamState) -> bool:
+        return False  # the memory has no end: StreamAtt bounds it
+
     def ctc_tokens(self, memory: Tensor) -> list[int]:
         """Greedy CTC: best piece per frame, repeats merged, blanks removed."""
         if memory.shape[0] == 0:

@@ -34,6 +34,7 @@ class DecodeRequest:
     beam: int
     max_tokens: int
     stop: StopRule | None = None  # where the continuation may end: what the policy may commit, plus the partial
+    flush: bool = False  # the model's window is nearly full: commit every whole word now (`needs_commit`)
 
 
 class Session:
@@ -137,7 +138,8 @@ class Session:
         """What the decoder must continue now (memory, forced prefix, beam, budget); None when no decision is due."""
         if self.memory is None or self.memory.shape[0] == 0:
             return None
-        if not final and self.policy.writes_only_at_end:
+        flush = not final and self.model.needs_commit(self.model_state)
+        if not final and self.policy.writes_only_at_end and not flush:
             return None
         prefix = [t for word in self.history for t in word]
         if self.max_tokens_per_s is None:
@@ -147,14 +149,15 @@ class Session:
         # mid-stream a chunk's call is also capped (its cost); the final call may write what the stream has left,
         # up to one token per memory frame; neither runs past the decoder's positions (a forced prefix longer than
         # them writes nothing more: endless streams need StreamAtt, which keeps the history short)
-        if final:
+        if final or flush:
             budget = min(allowance, self.memory.shape[0] + 16)
         else:
             budget = min(self.max_new_tokens, self.memory.shape[0] // 2 + 8, allowance)
         positions = self.model.max_target_tokens
         if positions is not None:
             budget = max(0, min(budget, positions - 1 - len(prefix)))
-        return DecodeRequest(self.memory, prefix, self.model_state, self.beam, budget, self._stop_rule(final))
+        stop = None if flush else self._stop_rule(final)
+        return DecodeRequest(self.memory, prefix, self.model_state, self.beam, budget, stop, flush)
 
     def _stop_rule(self, final: bool) -> StopRule | None:
         """Where the policy will commit no more on this chunk, known before decoding: a word count
@@ -195,7 +198,7 @@ class Session:
             prefix_pieces=tok.pieces(prefix),
         )
         decision, self.policy_state = self.policy.decide(view, self.policy_state)
-        n = len(pieces) if final else whole_words(pieces, decision.tokens)
+        n = len(pieces) if final else whole_words(pieces, len(pieces) if request.flush else decision.tokens)
         events: list[Event] = []
         compute_ms = (self.compute_s + shared_s + self.clock() - t0) * 1000.0
         starts = word_starts(pieces[:n]) + [n]

@@ -68,6 +68,11 @@ class SpeechModel(Protocol):
         """Words in the source so far, from the CTC head (None if the model has none)."""
         ...
 
+    def needs_commit(self, state: Any) -> bool:
+        """The model's window is nearly full: the session commits every whole word the decoder holds now, whatever
+        the policy, so that no audio is dropped unheard (a policy that writes only at the end would lose it)."""
+        ...
+
     def samples_cut(self, state: Any) -> int:
         """16 kHz samples the model itself cut from the front of its window (0 for most models), so word
         spans stay on the stream's clock."""

@@ -71,6 +71,9 @@ class StreamingSpeechModel:
     def samples_cut(self, state: StreamState) -> int:
         return 0
 
+    def needs_commit(self, state: StreamState) -> bool:
+        return False  # the memory has no end: StreamAtt bounds it
+
     @torch.inference_mode()
     def ctc_tokens(self, memory: Tensor) -> list[int]:
         """Greedy CTC: best piece per frame, repeats merged, blanks removed."""

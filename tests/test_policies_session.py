@@ -113,6 +113,9 @@ class ScriptedModel:
     def samples_cut(self, state: int) -> int:
         return 0
 
+    def needs_commit(self, state: int) -> bool:
+        return False
+
     def ctc_words(self, memory: torch.Tensor) -> int | None:
         last = int(memory[-1, 0])
         return sum(1 for i, f in enumerate(self.script_frames) if f <= last and self.tokenizer._pieces[i][0] == W)

@@ -105,8 +105,10 @@ class MultiHeadAttention(nn.Module):
         """Projected keys and values [B, H, T, Dh] of `source` (cached for cross-attention)."""
         return self.split_heads(self.key(source)), self.split_heads(self.value(source))
 
-    def attend(self, x: Tensor, k: Tensor, v: Tensor, causal_offset: int | None = None) -> tuple[Tensor, Tensor]:
-        """Attend queries from `x` over (k, v); `causal_offset` is the position of x[0] for a causal mask."""
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, causal_offset: int | None = None,
+               blocked: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Attend queries from `x` over (k, v); `causal_offset` is the position of x[0] for a causal mask, `blocked`
+        a boolean mask broadcast to [B, H, Tq, Tk] (True: the query may not see that key)."""
         q = self.split_heads(self.query(x))
         scale = (q.shape[-1]) ** -0.5
         scores = (q @ k.transpose(-1, -2)) * scale
@@ -115,6 +117,8 @@ class MultiHeadAttention(nn.Module):
             rows = torch.arange(tq, device=x.device)[:, None] + causal_offset
             cols = torch.arange(tk, device=x.device)[None, :]
             scores = scores.masked_fill(cols > rows, float("-inf"))
+        if blocked is not None:
+            scores = scores.masked_fill(blocked, float("-inf"))
         weights = scores.float().softmax(dim=-1).to(q.dtype)
         out = (weights @ v).transpose(1, 2).flatten(2)
         return self.out(out), weights
@@ -132,16 +136,22 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state))
         self.mlp_ln = nn.LayerNorm(n_state)
 
-    def forward_encoder(self, x: Tensor) -> Tensor:
+    def forward_encoder(self, x: Tensor, blocked: Tensor | None = None,
+                        past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Self-attention over `past` keys/values (a causal encoder's cache) and x's own; returns x and all keys/values."""
         h = self.attn_ln(x)
         k, v = self.attn.keys_values(h)
-        x = x + self.attn.attend(h, k, v)[0]
-        return x + self.mlp(self.mlp_ln(x))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        x = x + self.attn.attend(h, k, v, blocked=blocked)[0]
+        return x + self.mlp(self.mlp_ln(x)), (k, v)
 
     def forward_decoder(
-        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], self_kv: tuple[Tensor, Tensor] | None
+        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], self_kv: tuple[Tensor, Tensor] | None,
+        cross_blocked: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
-        """One decoder step over new tokens x; returns output, cross-attention weights, the extended self KV."""
+        """One decoder step over new tokens x; returns output, cross-attention weights, the extended self KV.
+        `cross_blocked` [B, 1, 1, T] hides padded memory frames (batched training)."""
         h = self.attn_ln(x)
         k, v = self.attn.keys_values(h)
         offset = 0
@@ -150,7 +160,7 @@ class ResidualAttentionBlock(nn.Module):
             k, v = torch.cat([self_kv[0], k], dim=2), torch.cat([self_kv[1], v], dim=2)
         x = x + self.attn.attend(h, k, v, causal_offset=offset)[0]
         assert self.cross_attn is not None and self.cross_attn_ln is not None
-        out, cross_weights = self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv)
+        out, cross_weights = self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv, blocked=cross_blocked)
         x = x + out
         x = x + self.mlp(self.mlp_ln(x))
         return x, cross_weights, (k, v)
@@ -173,7 +183,7 @@ class AudioEncoder(nn.Module):
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         x = x + self.positional_embedding[: x.shape[1]]
         for block in self.blocks:
-            x = block.forward_encoder(x)
+            x = block.forward_encoder(x)[0]
         return self.ln_post(x)
 
 
@@ -205,7 +215,12 @@ class TextDecoder(nn.Module):
         """Project the encoder states once into each layer's cross-attention keys and values."""
         return DecoderCache(cross=[block.cross_attn.keys_values(audio_features) for block in self.blocks])
 
-    def forward(self, tokens: Tensor, cache: DecoderCache) -> tuple[Tensor, list[Tensor], DecoderCache]:
+    def hidden(self, tokens: Tensor, cache: DecoderCache, cross_blocked: Tensor | None = None) -> Tensor:
+        """The final normed states [B, n, D] (before the output projection), for losses over part of the vocabulary."""
+        return self.forward(tokens, cache, cross_blocked, project=False)[0]
+
+    def forward(self, tokens: Tensor, cache: DecoderCache, cross_blocked: Tensor | None = None,
+                project: bool = True) -> tuple[Tensor, list[Tensor], DecoderCache]:
         """tokens [B, n] after the cached ones -> logits [B, n, V], cross-attention per layer [B, H, n, T], cache."""
         offset = cache.length
         x = self.token_embedding(tokens) + self.positional_embedding[offset: offset + tokens.shape[1]]
@@ -213,10 +228,12 @@ class TextDecoder(nn.Module):
         cross_weights: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             past = None if cache.self_kv is None else cache.self_kv[i]
-            x, weights, kv = block.forward_decoder(x, cache.cross[i], past)
+            x, weights, kv = block.forward_decoder(x, cache.cross[i], past, cross_blocked)
             new_self.append(kv)
             cross_weights.append(weights)
         x = self.ln(x)
+        if not project:
+            return x, cross_weights, DecoderCache(cross=cache.cross, self_kv=new_self)
         logits = x @ self.token_embedding.weight.T
         return logits.float(), cross_weights, DecoderCache(cross=cache.cross, self_kv=new_self)
 

@@ -62,6 +62,9 @@ class WhisperStreamingModel:
     appends_memory = False
     max_target_tokens = None  # the decoder's 448 positions are budgeted here, prompt and start tokens included
     max_frames = 1500  # the window: 30 s
+    # the decoder's attention rows are over the padded window, not what the policy sees, so only the stop rule's
+    # word bound applies here (a model whose memory is the real frames sets this)
+    attention_stop = False
 
     def __init__(
         self,
@@ -74,11 +77,13 @@ class WhisperStreamingModel:
         vad: SileroVAD | None = None,
         trim_after_s: float = 20.0,
         keep_s: float = 10.0,
+        commit_after_s: float = 26.0,
     ):
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
-        if not 0 < keep_s < trim_after_s <= N_SAMPLES / 16000:
-            raise ValueError(f"need 0 < keep_s < trim_after_s <= 30, got keep_s={keep_s}, trim_after_s={trim_after_s}")
+        if not 0 < keep_s < trim_after_s <= commit_after_s < N_SAMPLES / 16000:
+            raise ValueError(f"need 0 < keep_s < trim_after_s <= commit_after_s < 30, got keep_s={keep_s}, "
+                             f"trim_after_s={trim_after_s}, commit_after_s={commit_after_s}")
         self.config: WhisperConfig = loaded.config
         self.net = Whisper(loaded.config)
         missing, unexpected = self.net.load_state_dict(loaded.state_dict, strict=False)
@@ -96,6 +101,9 @@ class WhisperStreamingModel:
         self.no_speech_threshold = no_speech_threshold
         self.vad = vad
         self.trim_after_samples, self.keep_samples = int(trim_after_s * 16000), int(keep_s * 16000)
+        # past this much audio in the window the session commits what it holds (`needs_commit`), so that the
+        # window can be cut at a committed word before it reaches 30 s
+        self.commit_after_samples = int(commit_after_s * 16000)
         vocab = len(self.tokenizer)
         self.suppress = torch.zeros(max(vocab, self.config.n_vocab), dtype=torch.bool)
         self.suppress[self.tokenizer.eot + 1:] = True  # every special and timestamp token
@@ -192,6 +200,9 @@ class WhisperStreamingModel:
     def samples_cut(self, state: WhisperStreamState) -> int:
         return state.trimmed_samples
 
+    def needs_commit(self, state: WhisperStreamState) -> bool:
+        return state.audio.numel() > self.commit_after_samples
+
     # ------------------------------------------------------------------ decoder side
 
     @torch.no_grad()
@@ -224,7 +235,7 @@ class WhisperStreamingModel:
         initial: list[int] = []
         if context:
             initial = [self.tokenizer.sot_prev] + context[-(self.config.n_text_ctx // 2 - 1):]
-        cache = self.net.decoder.start(features[None])
+        cache, state = self.cross_cache(features, state)
         sot_sequence, info = self._sot_sequence(initial, bool(prefix), info, cache)
         state = replace(state, info=info)
         sot_index = len(initial)
@@ -246,10 +257,9 @@ class WhisperStreamingModel:
         if beam > 1:
             tokens, rows, ended, score = self._beam_search(logits[0, -1], cache, beam, max_tokens)
         else:
-            # only the word bound applies: these rows are alignment heads over the padded window, not what the
-            # policy sees, so an attention test on them could disagree with the policy's
-            words_only = StopRule(max_words=stop.max_words) if stop is not None else None
-            tracker = StopTracker(words_only, self.tokenizer.word_start_ids)
+            if stop is not None and not self.attention_stop:
+                stop = StopRule(max_words=stop.max_words)
+            tracker = StopTracker(stop, self.tokenizer.word_start_ids)
             tokens, rows, ended, score = self._greedy(logits[0, -1], cross, cache, max_tokens, tracker)
         tokens, rows, looped = cut_repetition(tokens, rows)
         attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, features.shape[0])
@@ -258,6 +268,11 @@ class WhisperStreamingModel:
             boundaries = self._word_boundaries(forced, self._fold(prefix_att, n_real), attention)
             state = replace(state, info=replace(info, boundaries=boundaries))
         return Hypothesis(tokens, attention, ended or looped, score, prefix_out), state
+
+    def cross_cache(self, features: Tensor, state):
+        """The decoder's cross-attention keys/values over `features` [T, D], and the state (which a model that
+        appends to its memory uses to keep them between calls)."""
+        return self.net.decoder.start(features[None]), state
 
     def _sot_sequence(self, initial: list[int], committed: bool, info: WindowInfo, cache) -> tuple[list[int], WindowInfo]:
         """The SOT sequence and the info after it; a multilingual model without a fixed language detects it once per
@@ -320,7 +335,7 @@ class WhisperStreamingModel:
             logits = out[0, -1]
             if len(tokens) >= 6 and cut_repetition(tokens, rows)[2]:
                 break
-            if tracker.add(token):
+            if tracker.add(token, rows[-1] if self.attention_stop else None):
                 break
         return tokens, rows, False, score
 

@@ -1,0 +1,181 @@
+"""Whisper's encoder made causal (CarelessWhisper): log-mel with a running maximum, the two input convolutions on
+new mel frames only, and block-causal self-attention over the 20 ms encoder frames with a key/value cache per layer.
+
+A stream's encoder frames come in blocks: the first of `first_block` frames, then `block` frames each; a frame sees
+every frame of its own block and of the blocks before it, never a later one. `encode_stream` runs that one block
+at a time from a `CausalEncoderState` value; `encode_full` runs a whole utterance at once with the same mask
+(training, and the test that the two agree). The convolutions look one mel frame ahead and the STFT 200 samples,
+so frame m is ready once 320 m + 520 samples have arrived: with 320 ms chunks a block of 16 frames is complete
+20 ms before the chunk that ends it, and the first block of 2 x 16 - 1 frames after the second chunk.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from streamst.whisper.model import HOP_LENGTH, N_FFT, AudioEncoder, mel_filters
+
+MAX_FRAMES = 1500  # the encoder's positions: 30 s
+STFT_REACH = N_FFT // 2  # a centred STFT frame reaches 200 samples past its centre
+
+
+def block_ids(n_frames: int, block: int, first_block: int) -> Tensor:
+    """Which block each encoder frame belongs to: the first `first_block` frames are block 0, then `block` each."""
+    m = torch.arange(n_frames)
+    return torch.where(m < first_block, 0, 1 + (m - first_block) // block)
+
+
+def block_mask(ids: Tensor) -> Tensor:
+    """[T, T] True where query frame q may not see key frame k (k is in a later block)."""
+    return ids[None, :] > ids[:, None]
+
+
+# ---------------------------------------------------------------------------------------------- log-mel
+
+
+@dataclass(frozen=True)
+class MelState:
+    """The samples the next mel frames still need (in STFT-padded coordinates) and the running log maximum."""
+
+    pending: Tensor  # samples from the start of the next frame's window (the raw audio until `started`)
+    started: bool = False  # the stream's start has been reflect-padded (needs 201 samples)
+    frames: int = 0  # mel frames emitted so far
+    samples: int = 0  # audio samples received so far
+    peak: float = -math.inf  # running maximum of log10 mel energy
+
+
+def init_mel_state() -> MelState:
+    return MelState(torch.zeros(0))
+
+
+def _log_mel_frames(padded: Tensor, n_frames: int, n_mels: int, peak: float) -> tuple[Tensor, float]:
+    """Whisper's normalised log-mel of n_frames STFT frames of `padded` (frame i starts at 160 i), with the floor
+    at 8 below the running maximum instead of the window's maximum."""
+    window = torch.hann_window(N_FFT, device=padded.device)
+    used = padded[: HOP_LENGTH * (n_frames - 1) + N_FFT]
+    stft = torch.stft(used, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+    mel = mel_filters(n_mels).to(padded.device) @ (stft.abs() ** 2)
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    running = torch.cummax(log_spec.amax(0), 0).values.clamp_min(peak)
+    log_spec = torch.maximum(log_spec, running[None] - 8.0)
+    return (log_spec + 4.0) / 4.0, float(running[-1])
+
+
+def stream_log_mel(audio: Tensor, state: MelState, final: bool, n_mels: int = 80) -> tuple[Tensor, MelState]:
+    """Mel frames [n_mels, t] that the audio so far completes. Frame i is centred on sample 160 i (the stream's
+    start reflect-padded, as Whisper's centred STFT does); at the end the audio is followed by zeros, as Whisper
+    pads its window, and frames go on while their centre lies inside the audio."""
+    audio = audio.float().reshape(-1)
+    samples = state.samples + audio.numel()
+    pending, started = torch.cat([state.pending, audio]), state.started
+    if not started:
+        if pending.numel() <= STFT_REACH and not final:
+            return torch.zeros(n_mels, 0), replace(state, pending=pending, samples=samples)
+        head = pending[1: STFT_REACH + 1].flip(0)
+        head = F.pad(head, (STFT_REACH - head.numel(), 0))  # a stream shorter than 201 samples: zeros before
+        pending, started = torch.cat([head, pending]), True
+    if final:
+        wanted = math.ceil(samples / HOP_LENGTH) - state.frames
+        pending = F.pad(pending, (0, max(0, HOP_LENGTH * (wanted - 1) + N_FFT - pending.numel())))
+    else:
+        wanted = (pending.numel() - N_FFT) // HOP_LENGTH + 1 if pending.numel() >= N_FFT else 0
+    if wanted <= 0:
+        return torch.zeros(n_mels, 0), replace(state, pending=pending, started=started, samples=samples)
+    mel, peak = _log_mel_frames(pending, wanted, n_mels, state.peak)
+    rest = pending[HOP_LENGTH * wanted:]
+    return mel, MelState(rest, started, state.frames + wanted, samples, peak)
+
+
+def causal_log_mel(audio: Tensor, n_mels: int = 80) -> Tensor:
+    """The mel frames `stream_log_mel` gives for a whole utterance, in one call (what training encodes)."""
+    return stream_log_mel(audio, init_mel_state(), True, n_mels)[0]
+
+
+# ---------------------------------------------------------------------------------------------- encoder
+
+
+@dataclass(frozen=True)
+class CausalEncoderState:
+    """One stream's encoder: its mel state, the convolutions' input tails, frames waiting to fill a block, and per
+    layer the keys/values [1, H, T, Dh] of every frame so far (at most 1500)."""
+
+    mel: MelState
+    conv1_in: Tensor  # [n_mels, k] mel frames from the one before the next conv1 output
+    conv2_in: Tensor  # [D, k] conv1 outputs from the one before the next conv2 output
+    waiting: Tensor  # [t, D] conv2 outputs (with positions) not yet in a block
+    kv: tuple[tuple[Tensor, Tensor], ...]
+    frames: int = 0  # encoder frames emitted so far: the position of the next one
+
+
+def init_encoder_state(encoder: AudioEncoder) -> CausalEncoderState:
+    n_mels, d = encoder.conv1.in_channels, encoder.conv1.out_channels
+    return CausalEncoderState(init_mel_state(), torch.zeros(n_mels, 1), torch.zeros(d, 1), torch.zeros(0, d), ())
+
+
+def _conv_tail(conv: torch.nn.Conv1d, buffer: Tensor, final: bool) -> tuple[Tensor, Tensor]:
+    """GELU(conv) outputs [C, t] that `buffer` (starting one frame before the next output) completes, and the
+    buffer left for the next call; `final` zero-pads the right edge as the whole-utterance convolution does."""
+    if final:
+        buffer = F.pad(buffer, (0, 1))
+    stride = conv.stride[0]
+    n = (buffer.shape[1] - 3) // stride + 1 if buffer.shape[1] >= 3 else 0
+    if n <= 0:
+        return buffer.new_zeros(conv.out_channels, 0), buffer
+    out = F.gelu(F.conv1d(buffer[None, :, : stride * (n - 1) + 3], conv.weight, conv.bias, stride=stride))[0]
+    return out, buffer[:, stride * n:]
+
+
+def _run_blocks(encoder: AudioEncoder, x: Tensor, kv: tuple, blocked: Tensor | None = None) -> tuple[Tensor, tuple]:
+    """The transformer over new frames x [B, t, D] after the cached keys/values (empty tuple: none)."""
+    new_kv = []
+    for i, layer in enumerate(encoder.blocks):
+        x, layer_kv = layer.forward_encoder(x, blocked, kv[i] if kv else None)
+        new_kv.append(layer_kv)
+    return encoder.ln_post(x), tuple(new_kv)
+
+
+def encode_stream(encoder: AudioEncoder, audio: Tensor, state: CausalEncoderState, final: bool, *,
+                  block: int = 16, first_block: int = 31) -> tuple[Tensor, CausalEncoderState]:
+    """The encoder frames [t, D] of every block that `audio` completes (all frames at the end of the stream)."""
+    mel, mel_state = stream_log_mel(audio, state.mel, final, encoder.conv1.in_channels)
+    h1, conv1_in = _conv_tail(encoder.conv1, torch.cat([state.conv1_in, mel], 1), final)
+    h2, conv2_in = _conv_tail(encoder.conv2, torch.cat([state.conv2_in, h1], 1), final)
+    first = state.frames + state.waiting.shape[0]
+    room = MAX_FRAMES - first
+    if h2.shape[1] > room:
+        raise ValueError(f"the causal encoder holds at most {MAX_FRAMES} frames (30 s); reset it first")
+    waiting = torch.cat([state.waiting, h2.T + encoder.positional_embedding[first: first + h2.shape[1]]])
+    frames, kv, out = state.frames, state.kv, []
+    while waiting.shape[0]:
+        size = first_block if frames == 0 else block
+        if waiting.shape[0] < size and not final:
+            break
+        x, kv = _run_blocks(encoder, waiting[None, :size], kv)
+        out.append(x[0])
+        frames += x.shape[1]
+        waiting = waiting[size:]
+    d = encoder.conv1.out_channels
+    output = torch.cat(out) if out else torch.zeros(0, d)
+    return output, CausalEncoderState(mel_state, conv1_in, conv2_in, waiting, kv, frames)
+
+
+def encode_full(encoder: AudioEncoder, mel: Tensor, *, block: int = 16, first_block: int = 31,
+                mel_lengths: Tensor | None = None) -> Tensor:
+    """Encoder frames [B, ceil(L / 2), D] of whole utterances' mel [B, n_mels, L] under the block-causal mask, equal
+    to streaming them. A batch's shorter utterances are zero-padded mel with their `mel_lengths`: the first
+    convolution's outputs past an utterance's end are zeroed, as the streaming convolution pads its last input."""
+    x = F.gelu(encoder.conv1(mel))
+    if mel_lengths is not None:
+        inside = torch.arange(x.shape[-1], device=x.device)[None, :] < mel_lengths[:, None]
+        x = x * inside[:, None, :]
+    x = F.gelu(encoder.conv2(x)).transpose(1, 2)
+    t = x.shape[1]
+    if t > MAX_FRAMES:
+        raise ValueError(f"the causal encoder holds at most {MAX_FRAMES} frames (30 s), got {t}")
+    x = x + encoder.positional_embedding[:t]
+    blocked = block_mask(block_ids(t, block, first_block).to(x.device))
+    return _run_blocks(encoder, x, (), blocked[None, None])[0]

