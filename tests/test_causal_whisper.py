@@ -214,3 +214,24 @@ def test_a_stream_longer_than_the_encoder_positions_keeps_every_part(spec):
     for marker in ("dashwood", "selfish", "amiable"):
         assert text.count(marker) >= 2, (marker, text)  # each clip's words, in both passes
     assert [w.start_ms for w in words][-1] > 35000  # spans stay on the stream's clock across restarts
+
+
+@needs_weights
+def test_train_recipe_fine_tunes_resumes_and_writes_a_loadable_model(tmp_path):
+    """`streamst train --recipe causal-whisper`: two updates on speech it makes, then a resumed third; the model
+    file holds only the adapters and loads as a causal Whisper whose weights moved."""
+    from streamst.checkpoint import load_model
+    from streamst.cli import main
+    from streamst.whisper.load import load_whisper
+
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "causal-whisper", "--out", str(out), "--dev-every", "0", "--device", "cpu"]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "3"]) == 2  # a run is there: --resume or another folder
+    assert main(args + ["--steps", "3", "--resume"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
+    assert (out / "model.pt").stat().st_size < 3_000_000
+    model = load_model(str(out / "model.pt"))
+    base = CausalWhisperModel(load_whisper(TINY_EN))
+    moved = model.net.encoder.blocks[0].attn.query.weight - base.net.encoder.blocks[0].attn.query.weight
+    assert isinstance(model, CausalWhisperModel) and 0 < moved.abs().max() < 0.1

@@ -24,12 +24,15 @@ import time
 import numpy as np
 import torch
 
+from streamst.bench_causal import bench_causal_whisper
+
 CHUNK_SAMPLES = 5120  # 320 ms at 16 kHz
 CHUNK_S = CHUNK_SAMPLES / 16000
 MEMORY_FRAMES = 250  # 10 s of 40 ms frames, what StreamAtt-style trimming keeps
 PREFIX_TOKENS = 16
 NEW_TOKENS = 4
 BOUND_MS = 300.0
+CAUSAL_WHISPER = "whisper-tiny.en-causal"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int,
                         help="cap of the real-time streams search (default 1024, or 65536 with --device cuda)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="with --device cuda: run the encoder eagerly")
+    parser.add_argument("--whisper-minutes", type=float, default=10.0,
+                        help="length of the real-speech stream the causal Whisper is timed on (default 10; 0: skip "
+                             "it); with --model whisper-tiny.en-causal only that is measured")
 
 
 def synthetic_chunk(i: int) -> torch.Tensor:
@@ -283,11 +289,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         torch_model, source = default_model()
     from streamst.streaming_model import StreamingSpeechModel
+    from streamst.whisper.causal_streaming import CausalWhisperModel
 
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    if isinstance(torch_model, CausalWhisperModel):
+        res = {"model": source, "threads": torch.get_num_threads(),
+               "causal_whisper": bench_causal_whisper(torch_model, args.whisper_minutes or 1.0, log)}
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        if args.json:
+            print(json.dumps(res))
+        return 0
     if not isinstance(torch_model, StreamingSpeechModel):
         raise ValueError("bench measures streamst's own streaming model (not converted Whisper checkpoints)")
     cfg = torch_model.net.cfg
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     log(f"model: {source}; {sum(p.numel() for p in torch_model.net.parameters()) / 1e6:.1f}M parameters, "
         f"{cfg.enc_layers}-layer d={cfg.d_model} encoder, {cfg.dec_layers}-layer decoder, chunk 320 ms")
     if args.device:
@@ -369,12 +383,28 @@ def run(args: argparse.Namespace) -> int:
     log(f"{args.backend} batching scheduler: {n} real-time streams with p95 added delay < {BOUND_MS:.0f} ms "
         f"(p95 ms by streams: {res['scheduler_p95_ms']})")
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if args.whisper_minutes > 0 and not args.model and not args.random_model:
+        res["causal_whisper"] = causal_whisper_figures(args, log)
     res["bench_s"] = time.perf_counter() - t_start
     log(f"peak RSS {res['peak_rss_mb']:.0f} MB; bench took {res['bench_s']:.0f} s")
     tmp.cleanup()
     if args.json:
         print(json.dumps(res))
     return 0
+
+
+def causal_whisper_figures(args: argparse.Namespace, log) -> dict | None:
+    """The default ASR model's figures beside the own model's, when it and the real speech are installed."""
+    from streamst.checkpoint import available_models, load_model
+
+    if CAUSAL_WHISPER not in available_models():
+        return None
+    try:
+        minutes = min(args.whisper_minutes, 1.0) if args.quick else args.whisper_minutes
+        return bench_causal_whisper(load_model(CAUSAL_WHISPER), minutes, log)
+    except (FileNotFoundError, ValueError) as e:  # the base weights or the LibriVox clips are not installed
+        log(f"causal Whisper not measured: {e}")
+        return None
 
 
 def int8_quality(args: argparse.Namespace, models: dict, log) -> dict:

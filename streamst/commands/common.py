@@ -13,7 +13,7 @@ from pathlib import Path
 # ASR rows are keyed by the source language, translation rows by the pair. Whisper tiny.en (the `whisper`
 # extra) comes first for English ASR because the shipped en-asr only knows synthetic espeak-ng voices.
 DEFAULT_MODELS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("asr", "en"): ("whisper-tiny.en", "en-asr"),
+    ("asr", "en"): ("whisper-tiny.en-causal", "whisper-tiny.en", "en-asr"),
     ("st", "en-de"): ("en-de",),
     ("st", "en-es"): ("en-es",),
 }

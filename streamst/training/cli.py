@@ -27,6 +27,10 @@ DEFAULT_MAX_FRAMES = {"cpu": 6000, "cuda": 20000}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", choices=["streamst", "causal-whisper"], default="streamst",
+                   help="streamst: the project's own model on a corpus (default); causal-whisper: fine-tune Whisper "
+                        "tiny.en for the causal encoder on speech made on the fly (takes --out, --resume, --lr, "
+                        "--seed, --device, --steps, --time-limit, --dev-every 0; see streamst/whisper/finetune.py)")
     p.add_argument("--corpus", help="MuST-C-layout root (holds <pair>/data/train, dev, ...)")
     p.add_argument("--pair", help="language pair, e.g. en-de, en-es, or en-en for English ASR (default en-de)")
     p.add_argument("--out", help="run folder: checkpoints, model.pt, model.md (default runs/<pair>)")
@@ -143,8 +147,27 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def run_causal_whisper(args: argparse.Namespace) -> int:
+    """`--recipe causal-whisper`: LoRA fine-tuning of Whisper tiny.en for the causal encoder."""
+    from streamst.whisper import finetune
+
+    out = Path(args.out or "runs/whisper-tiny.en-causal")
+    if (out / "last.pt").exists() and not args.resume:
+        raise ValueError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    argv = ["--out", str(out), "--minutes", str(args.time_limit or 60.0)]
+    if args.dev_every == 0:
+        argv += ["--eval-every", "0"]
+    for flag, value in (("--lr", args.lr), ("--seed", args.seed), ("--device", args.device), ("--steps", args.steps)):
+        if value is not None and value != "auto":
+            argv += [flag, str(value)]
+    return finetune.main(argv)
+
+
 def run(args: argparse.Namespace) -> int:
     from streamst.training.trainer import train
+
+    if args.recipe == "causal-whisper":
+        return run_causal_whisper(args)
 
     cfg = build_config(args)
     if args.resume and not (Path(cfg.out) / "last.state").exists():

