@@ -189,7 +189,6 @@ def test_a_client_that_stops_reading_gets_a_typed_slow_consumer_when_it_reads_ag
             return msgs, ws.close_code, await freed(srv.server)
 
     msgs, code, open_after = run(main())
-    print("DEBUG", code, len(msgs), [m["type"] for m in msgs][-3:], msgs[-1].get("error"))
     assert msgs[0]["type"] == "ready" and {m["type"] for m in msgs[1:-1]} == {"pong"}
     assert msgs[-1]["type"] == "error" and msgs[-1]["error"] == "slow_consumer" and msgs[-1]["fatal"]
     assert code == Close.SLOW_CONSUMER and open_after == 0

@@ -203,19 +203,29 @@ class Connection:
     # ---- reader ----
 
     async def _read_loop(self) -> None:
-        while self.protocol.state is not State.CLOSED and not self.closing:
-            state = self.protocol.state
-            timeout = {State.AWAIT_CONFIG: self.limits.config_timeout_s,
-                       State.STREAMING: self.limits.idle_timeout_s}.get(state)
+        """Read until the connection closes. Once the stream is closing, messages are read and dropped (so the
+        client's close frame, pongs and pings still get through), for at most `send_timeout_s` + 10 s."""
+        closing_deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.closing or self.protocol.state is State.CLOSED:
+                closing_deadline = closing_deadline or loop.time() + self.limits.send_timeout_s + 10
+                timeout: float | None = closing_deadline - loop.time()
+                if timeout <= 0:
+                    return
+            else:
+                timeout = {State.AWAIT_CONFIG: self.limits.config_timeout_s,
+                           State.STREAMING: self.limits.idle_timeout_s}.get(self.protocol.state)
             try:
                 message = await asyncio.wait_for(self.ws.recv(), timeout)
             except asyncio.TimeoutError:
-                await self.execute(self.protocol.on_idle_timeout())
+                if closing_deadline is None:
+                    await self.execute(self.protocol.on_idle_timeout())
                 continue
             except ConnectionClosed:
                 return
-            if self.closing:
-                return
+            if self.closing or self.protocol.state is State.CLOSED:
+                continue
             if isinstance(message, str):
                 await self.execute(self.protocol.receive_text(message))
             else:
@@ -272,8 +282,8 @@ class Connection:
                 self.ws.protocol.send_text(text.encode())
                 self.ws.protocol.send_close(int(Close.SLOW_CONSUMER), "slow_consumer")
                 self.ws.send_data()
-            except Exception as e:  # noqa: BLE001
-                log.warning("DEBUG drop %r", e)
+            except Exception:  # noqa: BLE001 - the connection is already closing: nothing more to tell
+                pass
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.wait_closed(), self.limits.send_timeout_s)
         finally:
