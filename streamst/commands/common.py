@@ -53,7 +53,13 @@ def model_languages(name_or_path: str) -> tuple[str, str | None, str | None]:
     """(task, source language, target language) of a model without building it; None where it does not say."""
     from streamst.checkpoint import read_checkpoint, resolve_model
 
+    from streamst.s2t.convert import describe
+
     path = resolve_model(name_or_path)
+    s2t = describe(path)  # a Hugging Face Speech2Text folder or a fairseq checkpoint
+    if s2t is not None:
+        src, _, tgt = s2t["languages"].partition("-")
+        return s2t["task"], src or None, (tgt if tgt not in ("", "?") else None) if s2t["task"] == "st" else src
     if path.is_dir():  # a Whisper folder: English-only models are named *.en
         return "asr", ("en" if path.name.endswith(".en") or name_or_path.endswith(".en") else None), None
     obj = read_checkpoint(path)

@@ -49,10 +49,12 @@ class CausalWhisperModel(WhisperStreamingModel):
     attention_stop = True  # the attention rows are over the memory frames, as the policy sees them
 
     def __init__(self, loaded: LoadedWhisper, *, block: int = 16, first_block: int | None = None,
-                 trim_after_s: float = 16.0, keep_s: float = 4.0, commit_after_s: float = 24.0, **options):
+                 trim_after_s: float = 16.0, keep_s: float = 4.0, commit_after_s: float = 24.0,
+                 half_logits: bool = True, **options):
         if options.get("vad") is not None:
             raise ValueError("the causal Whisper takes no VAD: its encoder runs on every chunk anyway")
-        super().__init__(loaded, trim_after_s=trim_after_s, keep_s=keep_s, commit_after_s=commit_after_s, **options)
+        super().__init__(loaded, trim_after_s=trim_after_s, keep_s=keep_s, commit_after_s=commit_after_s,
+                         half_logits=half_logits, **options)
         if block < 1:
             raise ValueError(f"block must be >= 1 frame, got {block}")
         self.block = block

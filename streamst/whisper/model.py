@@ -215,6 +215,10 @@ class TextDecoder(nn.Module):
         """Project the encoder states once into each layer's cross-attention keys and values."""
         return DecoderCache(cross=[block.cross_attn.keys_values(audio_features) for block in self.blocks])
 
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Float logits [..., V] of final states through the tied token embedding."""
+        return (hidden @ self.token_embedding.weight.T).float()
+
     def hidden(self, tokens: Tensor, cache: DecoderCache, cross_blocked: Tensor | None = None) -> Tensor:
         """The final normed states [B, n, D] (before the output projection), for losses over part of the vocabulary."""
         return self.forward(tokens, cache, cross_blocked, project=False)[0]
@@ -234,7 +238,7 @@ class TextDecoder(nn.Module):
         x = self.ln(x)
         if not project:
             return x, cross_weights, DecoderCache(cross=cache.cross, self_kv=new_self)
-        logits = x @ self.token_embedding.weight.T
+        logits = self.logits(x)
         return logits.float(), cross_weights, DecoderCache(cross=cache.cross, self_kv=new_self)
 
 

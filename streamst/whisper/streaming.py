@@ -78,6 +78,7 @@ class WhisperStreamingModel:
         trim_after_s: float = 20.0,
         keep_s: float = 10.0,
         commit_after_s: float = 26.0,
+        half_logits: bool = False,
     ):
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
@@ -111,6 +112,7 @@ class WhisperStreamingModel:
         self.suppress_begin = torch.zeros_like(self.suppress)
         self.suppress_begin[[i for i in loaded.suppress_ids_begin if 0 <= i < len(self.suppress)]] = True
         self.loaded = loaded
+        self.half_logits = self.net.decoder.token_embedding.weight.detach().half() if half_logits else None
 
     # ------------------------------------------------------------------ encoder side
 
@@ -244,23 +246,25 @@ class WhisperStreamingModel:
         initial += forced
         room = self.config.n_text_ctx - len(initial)
         max_tokens = max(0, min(max_tokens, room))
-        logits, cross, cache = self.net.decoder(torch.tensor([initial]), cache)
+        # logits only where they are read (the no-speech test and the next token): the forced prefix needs none
+        hidden, cross, cache = self.net.decoder(torch.tensor([initial]), cache, project=False)
+        sot_logits, last_logits = self._logits(hidden[0, [sot_index, -1]])
         prefix_att = self._select(cross)[:, :, n_forced_before_prefix:, :]
         # the session's prefix pieces cover the whole history: rows for the forced part only would not line up
         prefix_out = self._fold(prefix_att, n_real) if not history else None
         if not forced:
             no_speech = self.tokenizer.no_speech
             if no_speech is not None and self.no_speech_threshold < 1.0:
-                p = logits[0, sot_index].softmax(-1)[no_speech].item()
+                p = sot_logits.softmax(-1)[no_speech].item()
                 if p > self.no_speech_threshold:
                     return Hypothesis([], empty_att, True, 0.0, prefix_out), state
         if beam > 1:
-            tokens, rows, ended, score = self._beam_search(logits[0, -1], cache, beam, max_tokens)
+            tokens, rows, ended, score = self._beam_search(last_logits, cache, beam, max_tokens)
         else:
             if stop is not None and not self.attention_stop:
                 stop = StopRule(max_words=stop.max_words)
             tracker = StopTracker(stop, self.tokenizer.word_start_ids)
-            tokens, rows, ended, score = self._greedy(logits[0, -1], cross, cache, max_tokens, tracker)
+            tokens, rows, ended, score = self._greedy(last_logits, cross, cache, max_tokens, tracker)
         tokens, rows, looped = cut_repetition(tokens, rows)
         attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, features.shape[0])
         attention = self._fold(attention, n_real)
@@ -268,6 +272,13 @@ class WhisperStreamingModel:
             boundaries = self._word_boundaries(forced, self._fold(prefix_att, n_real), attention)
             state = replace(state, info=replace(info, boundaries=boundaries))
         return Hypothesis(tokens, attention, ended or looped, score, prefix_out), state
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        """Float logits of final decoder states; with `half_logits` the output projection reads an fp16 copy of the
+        embedding (half the memory traffic of the step that dominates a token's cost on a CPU)."""
+        if self.half_logits is None:
+            return self.net.decoder.logits(hidden)
+        return (hidden.half() @ self.half_logits.T).float()
 
     def cross_cache(self, features: Tensor, state):
         """The decoder's cross-attention keys/values over `features` [T, D], and the state (which a model that
@@ -330,9 +341,9 @@ class WhisperStreamingModel:
                 break
             score += float(logprobs[token])
             tokens.append(token)
-            out, cross, cache = self.net.decoder(torch.tensor([[token]]), cache)
+            out, cross, cache = self.net.decoder(torch.tensor([[token]]), cache, project=False)
             rows.append(self._select(cross))
-            logits = out[0, -1]
+            logits = self._logits(out[0, -1])
             if len(tokens) >= 6 and cut_repetition(tokens, rows)[2]:
                 break
             if tracker.add(token, rows[-1] if self.attention_stop else None):
@@ -360,8 +371,8 @@ class WhisperStreamingModel:
                         finished.append((score, toks, rows))
                     continue
                 if step < max_tokens:
-                    out, cross, nc = self.net.decoder(torch.tensor([[tok]]), c)
-                    beams.append((score, toks + [tok], rows + [self._select(cross)], out[0, -1], nc))
+                    out, cross, nc = self.net.decoder(torch.tensor([[tok]]), c, project=False)
+                    beams.append((score, toks + [tok], rows + [self._select(cross)], self._logits(out[0, -1]), nc))
                 if len(beams) >= beam:
                     break
             if not beams or len(finished) >= beam:
