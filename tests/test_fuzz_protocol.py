@@ -119,7 +119,8 @@ def test_hostile_clients_do_not_change_a_good_stream(request, tmp_path):
     wav = tiny_wavs(request, tmp_path, n=1)[0]
     policy = "waitk:k=2"
     expected = offline_words(model, wav, policy)
-    srv = ServeProcess(tmp_path, model, "--policy", policy, "--max-streams", "64", "--max-streams-per-client", "64")
+    srv = ServeProcess(tmp_path, model, "--policy", policy, "--max-streams", "64", "--max-streams-per-client", "64",
+                       "--catch-up-lag-s", "inf")  # no catch-up: the good stream's words equal a lone Session's
     rng = random.Random(1234)
 
     async def hostile(i: int) -> tuple[str, int | None]:
