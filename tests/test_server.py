@@ -44,6 +44,8 @@ class ServeProcess:
         port_file = tmp_dir / f"port-{time.monotonic_ns()}"
         self.log_path = tmp_dir / f"serve-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w")
+        if "--max-streams" not in args:  # admission by measured capacity is tests/test_overload.py's subject
+            args = (*args, "--max-streams", "16")
         cmd = [sys.executable, "-m", "streamst.cli", "serve", "--model", str(model), "--port", "0",
                "--port-file", str(port_file), *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})

@@ -72,8 +72,8 @@ def calibrate(meter: CapacityMeter, model: Any, make_session: Any, config: Any, 
     session = make_session(model, config(rate, audio.shape[1]))
     started = time.perf_counter()
     session.push(audio.astype("float32"))
+    stats = session.stats()  # the steps of a running stream (a stream's one final flush is not its steady cost)
     session.finish()
-    stats = session.stats()
     compute_s = stats["compute_s"] or time.perf_counter() - started
     meter.record(stats["audio_s"], compute_s)
     return compute_s / stats["audio_s"]
