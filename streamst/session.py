@@ -249,8 +249,10 @@ class Session:
         frame_ms = self.model.frame_ms
         # audio a model cut from its own window (Whisper's trims, VAD silence) is not in `frames_dropped`
         offset = self.model.samples_cut(self.model_state) * 1000.0 / SAMPLE_RATE
-        return ((float(best.min()) + self.frames_dropped) * frame_ms + offset,
-                (float(best.max()) + 1 + self.frames_dropped) * frame_ms + offset)
+        start = (float(best.min()) + self.frames_dropped) * frame_ms + offset
+        end = (float(best.max()) + 1 + self.frames_dropped) * frame_ms + offset
+        # no word ends after the audio heard (a model may pad the end of a stream, as the causal Whisper does)
+        return min(start, self.source_ms), min(end, self.source_ms)
 
 
 def whole_words(pieces: list[str], n: int) -> int:

@@ -133,12 +133,7 @@ def tiny_causal():
         pytest.skip("Whisper tiny.en absent")
     from streamst.checkpoint import load_model
 
-    try:
-        return load_model("whisper-tiny.en-causal")
-    except ValueError:  # not shipped yet: the untrained causal encoder still exercises every mechanism
-        from streamst.whisper.load import load_whisper
-
-        return CausalWhisperModel(load_whisper(TINY_EN))
+    return load_model("whisper-tiny.en-causal")
 
 
 def run(model, spec: str, audio: np.ndarray, chunk: int = 5120) -> tuple[list[Word], Session]:
@@ -191,13 +186,15 @@ def test_batched_streams_write_what_each_writes_alone(tiny_causal):
 
 @needs_weights
 @needs_speech
-@pytest.mark.parametrize("spec", ["alignatt:frames=4", "streamatt:frames=4,history_words=10", "offline"])
+@pytest.mark.parametrize("spec", ["alignatt:frames=4", "offline"])
 def test_a_stream_longer_than_the_encoder_positions_keeps_every_part(spec):
     """40 s of real speech with restarts every few seconds: memory bounded, positions within 1,500, and words from
     the beginning, middle and end of the stream (the offline policy too: the session commits before a cut)."""
-    from streamst.whisper.load import load_whisper
+    from streamst.checkpoint import read_checkpoint, resolve_model
+    from streamst.whisper.causal_streaming import load_causal_checkpoint
 
-    model = CausalWhisperModel(load_whisper(TINY_EN), trim_after_s=8.0, keep_s=3.0, commit_after_s=12.0)
+    shipped = read_checkpoint(resolve_model("whisper-tiny.en-causal"))
+    model = load_causal_checkpoint(shipped, trim_after_s=8.0, keep_s=3.0, commit_after_s=12.0)
     clips = librivox_clips()
     gap = np.zeros(8000, np.float32)
     audio = np.concatenate([x for a, _ in clips * 2 for x in (a, gap)])
@@ -209,11 +206,16 @@ def test_a_stream_longer_than_the_encoder_positions_keeps_every_part(spec):
         windows.append(session.model_state.audio.numel() / 16000)
         assert session.model_state.encoder.frames <= MAX_FRAMES
     words += [e for e in session.finish() if isinstance(e, Word)]
-    assert max(windows) < 16.0 and session.model_state.trimmed_samples + session.frames_dropped * 320 > 16000 * 20
+    assert max(windows) < 16.0
+    assert session.model_state.trimmed_samples + session.frames_dropped * 320 > 16000 * 20
+    reference_words = 2 * sum(len(text.split()) for _, text in clips)
+    assert 0.7 * reference_words <= len(words) <= 1.3 * reference_words, " ".join(w.text for w in words)
+    # words from every part of the stream, placed on the stream's clock across restarts
+    thirds = [sum(k * session.source_ms / 3 <= w.start_ms < (k + 1) * session.source_ms / 3 for w in words)
+              for k in range(3)]
+    assert min(thirds) >= 0.2 * len(words), thirds
     text = " ".join(w.text for w in words).lower()
-    for marker in ("dashwood", "selfish", "amiable"):
-        assert text.count(marker) >= 2, (marker, text)  # each clip's words, in both passes
-    assert [w.start_ms for w in words][-1] > 35000  # spans stay on the stream's clock across restarts
+    assert text.count("dashwood") >= 2 and text.count("respectable") >= 2, text  # both passes of both clips
 
 
 @needs_weights

@@ -85,13 +85,10 @@ def ssl_context(certfile: str | None, keyfile: str | None) -> ssl_lib.SSLContext
 
 
 def default_model() -> str:
-    """Live captions of real speech: Whisper tiny.en when installed, else the first available model."""
-    from streamst.checkpoint import WHISPER_TINY_EN, available_models
+    """Live captions of real speech: the default English recognition model, the rule every command follows."""
+    from streamst.commands.common import default_model as rule
 
-    models = available_models()
-    if not models:
-        raise ValueError("no model given and none installed; pass --model NAME_OR_PATH")
-    return WHISPER_TINY_EN if WHISPER_TINY_EN in models else next(iter(models))
+    return rule("asr")
 
 
 def make_scheduler(args: argparse.Namespace):
