@@ -412,6 +412,14 @@ def test_eval_and_sweep_on_mustc_with_a_converted_model(folders, tmp_path, capsy
     assert main(["eval", "--mustc", str(mustc), "--pair", "en-es", "--model", str(model), "--out",
                  str(tmp_path / "wrong"), "--no-progress"]) == 2
     assert "is en-de, but --pair en-es" in capsys.readouterr().err  # the converted model knows its languages
+    # the Hugging Face folder itself, in one command (its words differ from the fp16 conversion's on this random model)
+    direct = tmp_path / "eval-folder"
+    assert main(["eval", "--mustc", str(mustc), "--pair", "en-de", "--model", str(folders["hf"]), "--policy",
+                 "alignatt:frames=4,layer=0,heads=mean,exclude_last=1", "--out", str(direct), "--no-progress"]) == 0
+    def predictions(folder):
+        return [(r["prediction"], r["delays"]) for r in map(json.loads, (folder / "instances.log").read_text().splitlines())]
+
+    assert len(predictions(direct)) == len(predictions(out)) > 0 and all(p for p, _ in predictions(direct))
 
 
 def test_the_server_scheduler_steps_s2t_streams_like_lone_sessions(model):
