@@ -27,7 +27,7 @@ DEFAULT_MAX_FRAMES = {"cpu": 6000, "cuda": 20000}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", choices=["streamst", "causal-whisper"], default="streamst",
+    p.add_argument("--recipe", choices=["streamst", "causal-whisper"],
                    help="streamst: the project's own model on a corpus (default); causal-whisper: fine-tune Whisper "
                         "tiny.en for the causal encoder on speech made on the fly (takes --out, --resume, --lr, "
                         "--seed, --device, --steps, --time-limit, --dev-every 0; see streamst/whisper/finetune.py)")
