@@ -17,7 +17,6 @@ from streamst.s2t import detect, load_s2t  # noqa: E402
 from streamst.s2t.features import Cmvn, fbank, fbank_from, n_frames  # noqa: E402
 from streamst.s2t.fixtures import fairseq_from_hf, hf_folder  # noqa: E402
 
-torch.set_num_threads(1)
 
 
 def noise(seconds: float, seed: int) -> np.ndarray:

@@ -17,7 +17,6 @@ from streamst.s2t.conformer import relative_shift
 from streamst.s2t.features import fbank
 from streamst.s2t.fixtures import fbk_conformer_folder
 
-torch.set_num_threads(1)
 
 
 def noise(seconds: float, seed: int) -> torch.Tensor:
