@@ -18,7 +18,6 @@ from streamst.s2t.features import Cmvn, fbank, fbank_from, n_frames  # noqa: E40
 from streamst.s2t.fixtures import fairseq_from_hf, hf_folder  # noqa: E402
 
 
-
 def noise(seconds: float, seed: int) -> np.ndarray:
     """Speech-like test audio: noise under a slow envelope (the model is random anyway)."""
     rng = np.random.default_rng(seed)

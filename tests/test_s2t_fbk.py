@@ -18,7 +18,6 @@ from streamst.s2t.features import fbank
 from streamst.s2t.fixtures import fbk_conformer_folder
 
 
-
 def noise(seconds: float, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     n = int(seconds * 16000)
