@@ -19,7 +19,6 @@ from streamst.whisper.causal import (
     stream_log_mel,
 )
 from streamst.whisper.causal_streaming import CausalWhisperModel
-from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.lora import add_lora, lora_factors, merge_factors
 from streamst.whisper.model import Whisper, WhisperConfig, log_mel_spectrogram
 from test_whisper import TINY_EN, librivox_clips, needs_speech, needs_weights
