@@ -73,6 +73,12 @@ def model_from_checkpoint(obj: dict, name: str = ""):
         model = load_causal_checkpoint(obj)
         model.name = name
         return model
+    if obj.get("kind") == "whisper-causal-st":
+        from streamst.whisper.translation import load_st_checkpoint
+
+        model = load_st_checkpoint(obj)
+        model.name = name
+        return model
     if obj.get("kind") == "s2t":  # a converted fairseq S2T / HF Speech2Text / FBK Conformer model
         from streamst.s2t import load_s2t_checkpoint
 

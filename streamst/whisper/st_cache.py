@@ -1,0 +1,142 @@
+"""Speak English sentences and cache what the frozen causal Whisper encoder makes of them, for translation.
+
+A translation decoder over a frozen encoder needs the encoder's frames, not the audio: each utterance is spoken
+once (a random engine and voice, with noise and room, as for the ASR fine-tune; the held-out test voices never),
+encoded under the block-causal mask exactly as streaming would (`encode_full`), and stored as fp16 frames with its
+English text and its translations. Shards of `SHARD` utterances; an existing shard is kept, so a run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from streamst.data.synth import DEFAULT_TEST_VOICES, assign_split
+from streamst.whisper.causal import causal_log_mel, encode_full
+from streamst.whisper.load import LoadedWhisper
+from streamst.whisper.model import Whisper
+
+SHARD = 500
+SPLIT_SEED, DEV_FRACTION, TEST_FRACTION = 0, 0.03, 0.06  # `streamst data synth`'s defaults: same held-out sentences
+
+
+@dataclass(frozen=True)
+class Example:
+    """One English sentence and its translations by target language ({"de": ..., "es": ...})."""
+
+    en: str
+    targets: dict[str, str]
+
+
+def split_of(english: str) -> str:
+    """train, dev or tst-COMMON, as `streamst data synth` assigns the sentence."""
+    return assign_split(english, SPLIT_SEED, DEV_FRACTION, TEST_FRACTION)
+
+
+def collect_examples() -> list[Example]:
+    """Every English sentence with a German or Spanish translation offline, merged by English text: Ding's
+    examples (German; Spanish by apertium), the Bible verse pairs (Spanish), in a fixed order."""
+    from streamst.data import sources
+
+    merged: dict[str, dict[str, str]] = {}
+    for pair in ("en-de", "en-es"):
+        lang = pair.split("-")[1]
+        for p in sources.sentence_pairs(pair):
+            merged.setdefault(p.en, {}).setdefault(lang, p.target)
+    return [Example(en, targets) for en, targets in sorted(merged.items())]
+
+
+def encoder_of(adapter: Path | None) -> tuple[Whisper, LoadedWhisper, dict]:
+    """The tiny.en model with the shipped causal adapters (or `adapter`) merged; returns it, the base and the
+    checkpoint's factors (which a translation model ships for its encoder)."""
+    from streamst.checkpoint import read_checkpoint, resolve_model
+    from streamst.whisper import bundled_tiny_en
+    from streamst.whisper.load import load_whisper
+    from streamst.whisper.lora import merge_factors
+
+    obj = read_checkpoint(resolve_model(str(adapter) if adapter else "whisper-tiny.en-causal"))
+    loaded = load_whisper(bundled_tiny_en())
+    merged = merge_factors(loaded.state_dict, obj["factors"])
+    net = Whisper(loaded.config)
+    net.load_state_dict(merged, strict=False)
+    return net.eval(), loaded, obj
+
+
+@torch.no_grad()
+def encode_utterance(net: Whisper, audio, block: int = 16) -> torch.Tensor:
+    """The causal encoder's frames [T, D] of one utterance, as `CausalWhisperModel` streams them."""
+    mel = causal_log_mel(torch.as_tensor(audio, dtype=torch.float32))
+    return encode_full(net.encoder, mel[None], block=block, first_block=2 * block - 1)[0]
+
+
+def build_cache(out: Path, examples: list[Example], *, worker: int = 0, workers: int = 1, seed: int = 1,
+                adapter: Path | None = None, max_seconds: float = 15.0) -> None:
+    """Write `out/<split>-NNNNN.pt` shards (this worker's share of them) of spoken, encoded examples."""
+    from streamst.whisper.speech_pool import SpeechMaker
+
+    torch.set_num_threads(1)
+    net, _, _ = encoder_of(adapter)
+    out.mkdir(parents=True, exist_ok=True)
+    by_split: dict[str, list[Example]] = {}
+    for e in examples:
+        by_split.setdefault(split_of(e.en), []).append(e)
+    for split in ("dev", "train"):
+        items = by_split.get(split, [])
+        for index, start in enumerate(range(0, len(items), SHARD)):
+            if index % workers != worker:
+                continue
+            path = out / f"{split}-{index:05d}.pt"
+            if path.exists():
+                continue
+            maker = SpeechMaker(seed * 100003 + index + (7919 if split == "dev" else 0))
+            maker.voices = [v for v in maker.voices if v not in DEFAULT_TEST_VOICES]
+            rows = []
+            began = time.time()
+            for e in items[start: start + SHARD]:
+                try:
+                    u = maker.speak(e.en)
+                except Exception:  # noqa: BLE001 - a sentence one engine cannot say is skipped
+                    continue
+                if not 0.3 * 16000 < u.audio.size < max_seconds * 16000:
+                    continue
+                frames = encode_utterance(net, u.audio)
+                rows.append({"frames": frames.half(), "en": e.en, "targets": e.targets, "voice": u.voice})
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(rows, tmp)
+            os.replace(tmp, path)
+            print(f"{path.name}: {len(rows)} utterances in {time.time() - began:.0f} s", flush=True)
+
+
+def load_cache(folder: Path, split: str, lang: str) -> list[tuple[torch.Tensor, str, str]]:
+    """(frames, English, translation) of every cached example of a split that has a `lang` translation."""
+    out = []
+    for path in sorted(folder.glob(f"{split}-*.pt")):
+        for row in torch.load(path, weights_only=True):
+            if lang in row["targets"]:
+                out.append((row["frames"], row["en"], row["targets"][lang]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--worker", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--limit", type=int, help="only the first N examples (a quick run)")
+    ap.add_argument("--adapter", type=Path, help="causal Whisper checkpoint (default: the shipped one)")
+    args = ap.parse_args(argv)
+    examples = collect_examples()
+    if args.limit:
+        examples = examples[: args.limit]
+    print(f"{len(examples)} examples: {sum('de' in e.targets for e in examples)} with German, "
+          f"{sum('es' in e.targets for e in examples)} with Spanish", flush=True)
+    build_cache(args.out, examples, worker=args.worker, workers=args.workers, adapter=args.adapter)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
