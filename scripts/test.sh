@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES="espeak-ng sox libportaudio2 trans-de-en wordnet-base apertium apertium-eng-spa diatheke
-  sword-text-web sword-text-sparv pocketsphinx-testdata chromium"
+  sword-text-web sword-text-sparv pocketsphinx-testdata chromium iso-codes"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=$(for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$missing" ]; then

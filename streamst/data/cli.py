@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     text = sub.add_parser("text", help="export the sentence pairs to <out>/<pair>.tsv, to take to a machine with no apt")
     text.add_argument("--out", required=True, type=Path)
     text.add_argument("--pairs", default="en-de,en-es,en-en")
+    text.add_argument("--kind", default="synth", choices=("synth", "sentences", "phrases", "all"),
+                      help="synth: the sentences `data synth` speaks, to <pair>.tsv (default); sentences, phrases, "
+                           "all: every parallel text there is offline (streamst.data.parallel), to <pair>.<kind>.tsv")
     sub.add_parser("voices", help="list the English espeak-ng voices available here")
     check = sub.add_parser("check", help="read every split of a MuST-C-layout corpus and report bad entries")
     check.add_argument("root", type=Path)
@@ -44,14 +47,29 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "check":
         return _check(args.root, args.pairs)
     if args.action == "text":
-        from streamst.data import sources
-
-        for pair in _parse_pairs(args.pairs):
-            pairs = sources.sentence_pairs(pair)
-            sources.write_pairs_tsv(pairs, args.out / f"{pair}.tsv")
-            print(f"{pair}: {len(pairs)} sentence pairs -> {args.out / f'{pair}.tsv'}")
-        return 0
+        return _text(args.out, _parse_pairs(args.pairs), args.kind)
     return _synth(args)
+
+
+def _text(out: Path, pairs: tuple[str, ...], kind: str) -> int:
+    """Write each pair's TSV, print its counts per source, and write them with licences into out/TEXT_CARD.md."""
+    from streamst.data import parallel, sources
+
+    counts: dict[str, dict[str, int]] = {}
+    for pair in pairs:
+        name = f"{pair}.tsv" if kind == "synth" else f"{pair}.{kind}.tsv"
+        texts = sources.sentence_pairs(pair) if kind == "synth" else parallel.parallel_corpus(pair, kind)
+        sources.write_pairs_tsv(texts, out / name)
+        counts[name] = parallel.count_by_source(texts)
+        print(f"{pair}: {len(texts)} {'sentence' if kind == 'synth' else kind} pairs -> {out / name}")
+        for source, n in counts[name].items():
+            print(f"  {source}: {n}")
+    card = out / "TEXT_CARD.md"
+    card.write_text(parallel.render_text_card(counts, command=f"streamst data text --out {out} --pairs "
+                                                                 f"{','.join(pairs)} --kind {kind}"),
+                    encoding="utf-8")
+    print(f"counts and licences -> {card}")
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

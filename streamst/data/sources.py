@@ -42,18 +42,21 @@ def is_sentence(text: str, *, min_words: int = 2, max_words: int = 40) -> bool:
             and any(c.isalpha() for c in text))
 
 
-def ding_pairs(path: Path = DING_PATH) -> list[SentencePair]:
+def ding_pairs(path: Path = DING_PATH, *, max_lines: int | None = None) -> list[SentencePair]:
     """Sentence-like `de :: en` example pairs of the Ding dictionary, one per distinct English sentence.
 
     Each line holds sub-entries separated by ' | ' on both sides, in the same order; within a sub-entry
     alternatives are separated by '; ' and the first one is kept. Entries with {} [] () or / notes are dropped.
+    `max_lines` reads only the first lines of the file (for quick checks).
     """
     if not path.is_file():
         raise FileNotFoundError(f"Ding dictionary not found at {path} (apt-get install trans-de-en)")
     pairs: list[SentencePair] = []
     seen: set[str] = set()
     with path.open(encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f):
+            if max_lines is not None and number >= max_lines:
+                break
             if line.startswith("#") or " :: " not in line:
                 continue
             de_side, en_side = line.rstrip("\n").split(" :: ", 1)
