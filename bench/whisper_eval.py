@@ -1,10 +1,13 @@
-"""Whisper latency-quality sweep on real read speech with the project's own scorer (`streamst sweep`).
+"""Latency-quality sweep on real read speech with the project's own scorer (`streamst sweep`).
 
-Builds a MuST-C v1 layout (pair en-en, split tst-COMMON) of pocketsphinx-testdata's LibriVox clips, one talk wav
-per clip, then runs `streamst sweep` (WER and SimulEval-exact LAAL from `streamst.eval`) over the policies given:
+Builds a MuST-C v1 layout (split tst-COMMON) of pocketsphinx-testdata's LibriVox clips, one talk wav per clip,
+then runs `streamst sweep` (WER, or BLEU and chrF, and SimulEval-exact LAAL from `streamst.eval`) over the
+policies given. Pair en-en (the default) scores recognition against the clips' transcripts; en-de and en-es
+score translation against the German and Spanish references of `../shared/realspeech/`:
 
     python bench/whisper_eval.py --out /tmp/whisper-sweep \
         --policies "alignatt:frames=10;alignatt:frames=20;la:n=2;waitk:k=2" [--chunk-ms 640] [--beam 4]
+    python bench/whisper_eval.py --pair en-de --model en-de --policies "offline;alignatt:frames=4"
 
 `--layout-only DIR` writes the layout and exits (for a hand-run `streamst eval --mustc DIR --pair en-en ...`).
 """
@@ -18,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+TRANSLATIONS = Path(__file__).resolve().parents[2] / "shared" / "realspeech" / "librivox_translations.tsv"
 
 
 def librivox_clips(folder: Path = LIBRIVOX) -> list[tuple[str, np.ndarray, str]]:
@@ -36,9 +40,23 @@ def librivox_clips(folder: Path = LIBRIVOX) -> list[tuple[str, np.ndarray, str]]
     return clips
 
 
-def write_mustc_layout(root: Path, clips: list[tuple[str, np.ndarray, str]], split: str = "tst-COMMON") -> Path:
-    """MuST-C v1 layout under root/en-en/data/<split>: one wav and one segment (the whole wav) per clip."""
-    split_dir = root / "en-en" / "data" / split
+def translations(lang: str, table: Path = TRANSLATIONS) -> dict[str, str]:
+    """Clip name -> reference translation into `lang` (de or es)."""
+    import csv
+
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} is missing: it holds the German and Spanish references of the clips")
+    with table.open(newline="", encoding="utf-8") as f:
+        return {row["file"]: row[lang] for row in csv.DictReader(f, delimiter="\t")}
+
+
+def write_mustc_layout(root: Path, clips: list[tuple[str, np.ndarray, str]], split: str = "tst-COMMON",
+                       pair: str = "en-en") -> Path:
+    """MuST-C v1 layout under root/<pair>/data/<split>: one wav and one segment (the whole wav) per clip, with
+    the references of the pair's target language."""
+    split_dir = root / pair / "data" / split
+    target = pair.split("-")[1]
+    references = translations(target) if target != "en" else {}
     (split_dir / "wav").mkdir(parents=True, exist_ok=True)
     (split_dir / "txt").mkdir(parents=True, exist_ok=True)
     yaml_lines, texts = [], []
@@ -48,12 +66,17 @@ def write_mustc_layout(root: Path, clips: list[tuple[str, np.ndarray, str]], spl
         texts.append(text + "\n")
     (split_dir / "txt" / f"{split}.yaml").write_text("".join(yaml_lines))
     (split_dir / "txt" / f"{split}.en").write_text("".join(texts))
+    if references:
+        lines = [references[name] + "\n" for name, _, _ in clips]
+        (split_dir / "txt" / f"{split}.{target}").write_text("".join(lines), encoding="utf-8")
     return root
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--pair", default="en-en", choices=["en-en", "en-de", "en-es"],
+                        help="en-en: recognition (WER); en-de, en-es: translation (BLEU, chrF)")
     parser.add_argument("--policies", default="alignatt:frames=10;alignatt:frames=20;la:n=2;waitk:k=2")
     parser.add_argument("--chunk-ms", type=float, default=640.0)
     parser.add_argument("--beam", type=int, default=1)
@@ -61,12 +84,13 @@ def main() -> int:
     parser.add_argument("--layout-only", default=None, metavar="DIR", help="write the MuST-C layout there and exit")
     args = parser.parse_args()
     if args.layout_only:
-        print(write_mustc_layout(Path(args.layout_only), librivox_clips()))
+        print(write_mustc_layout(Path(args.layout_only), librivox_clips(), pair=args.pair))
         return 0
-    root = write_mustc_layout(Path(args.out) / "mustc", librivox_clips())
+    root = write_mustc_layout(Path(args.out) / "mustc", librivox_clips(), pair=args.pair)
     from streamst.cli import main as cli
 
-    return cli(["sweep", "--mustc", str(root), "--pair", "en-en", "--task", "asr", "--model", args.model,
+    task = "asr" if args.pair == "en-en" else "st"
+    return cli(["sweep", "--mustc", str(root), "--pair", args.pair, "--task", task, "--model", args.model,
                 "--chunk-ms", str(args.chunk_ms), "--beam", str(args.beam), "--policies", args.policies, "--out", str(Path(args.out) / "sweep"),
                 "--no-progress"])
 

@@ -27,10 +27,13 @@ DEFAULT_MAX_FRAMES = {"cpu": 6000, "cuda": 20000}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", choices=["streamst", "causal-whisper"],
+    p.add_argument("--recipe", choices=["streamst", "causal-whisper", "whisper-st"],
                    help="streamst: the project's own model on a corpus (default); causal-whisper: fine-tune Whisper "
                         "tiny.en for the causal encoder on speech made on the fly (takes --out, --resume, --lr, "
-                        "--seed, --device, --steps, --time-limit, --dev-every 0; see streamst/whisper/finetune.py)")
+                        "--seed, --device, --steps, --time-limit, --dev-every 0; see streamst/whisper/finetune.py); "
+                        "whisper-st: a translation decoder (--pair en-de or en-es) over the frozen causal encoder, "
+                        "from its frames cached in --corpus (made there first when empty; see "
+                        "streamst/whisper/st_cache.py and st_train.py)")
     p.add_argument("--corpus", help="MuST-C-layout root (holds <pair>/data/train, dev, ...)")
     p.add_argument("--pair", help="language pair, e.g. en-de, en-es, or en-en for English ASR (default en-de)")
     p.add_argument("--out", help="run folder: checkpoints, model.pt, model.md (default runs/<pair>)")
@@ -163,11 +166,38 @@ def run_causal_whisper(args: argparse.Namespace) -> int:
     return finetune.main(argv)
 
 
+def run_whisper_st(args: argparse.Namespace) -> int:
+    """`--recipe whisper-st`: train a translation decoder over the causal Whisper encoder's cached frames."""
+    from streamst.whisper import st_cache, st_train
+
+    pair = args.pair or "en-de"
+    if pair not in ("en-de", "en-es"):
+        raise ValueError(f"--recipe whisper-st translates English to German or Spanish: --pair en-de or en-es, not {pair}")
+    out = Path(args.out or f"runs/whisper-st-{pair}")
+    if (out / "last.pt").exists() and not args.resume:
+        raise ValueError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    cache = Path(args.corpus or out / "cache")
+    if not any(cache.glob("train-*.pt")):
+        print(f"speaking and encoding every sentence pair into {cache} (about 25 min per 10,000 on one core)",
+              flush=True)
+        st_cache.build_cache(cache, st_cache.collect_examples())
+    argv = ["--cache", str(cache), "--lang", pair.split("-")[1], "--out", str(out),
+            "--minutes", str(args.time_limit or 60.0)]
+    if args.dev_every == 0:
+        argv += ["--eval-every", "0"]
+    for flag, value in (("--lr", args.lr), ("--seed", args.seed), ("--steps", args.steps)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return st_train.main(argv)
+
+
 def run(args: argparse.Namespace) -> int:
     from streamst.training.trainer import train
 
     if args.recipe == "causal-whisper":
         return run_causal_whisper(args)
+    if args.recipe == "whisper-st":
+        return run_whisper_st(args)
 
     cfg = build_config(args)
     if args.resume and not (Path(cfg.out) / "last.state").exists():

