@@ -106,7 +106,7 @@ class StreamAtt(PolicyBase):
         # the committed history after this decision: the kept prefix, then the newly committed words
         pieces = list(view.prefix_pieces) + list(cand.pieces[:commit])
         n_prefix = len(view.prefix_pieces)
-        spans = word_spans(view.prefix_pieces) + word_spans(cand.pieces[:commit], offset=n_prefix)
+        spans = word_spans(pieces)  # as the session counts them: a committed "," continues the prefix's last word
         keep = self.kept_words([word_text(pieces[a:b]) for a, b in spans])
 
         drop = 0

@@ -209,7 +209,13 @@ class Session:
             span = self._span(attention, a, b)
             events.append(Word(text, self.source_ms, compute_ms, *span))
             self.words.append(text)
-            self.history.append(list(hyp.tokens[a:b]))
+            if self.history and not pieces[a].startswith(WORD_START):
+                # a piece that continues the last word ("," or "'ll" committed after it) joins that word: the
+                # history's entries are the forced prefix's words as `word_starts` counts them, which is what a
+                # policy's `keep_words` counts
+                self.history[-1] = self.history[-1] + list(hyp.tokens[a:b])
+            else:
+                self.history.append(list(hyp.tokens[a:b]))
             self.tokens_committed += b - a
         if decision.keep_words is not None and not final:
             self.history = self.history[-decision.keep_words:] if decision.keep_words > 0 else []

@@ -5,8 +5,10 @@ the frames so far, with no padding, and the decoder's cross-attention keys/value
 stream state, so a chunk projects only its new frames. Whisper has 1,500 positions: once the window holds more
 than `trim_after_s`, the encoder restarts at a committed word boundary (the words before it become Whisper's
 prompt, as `WhisperStreamingModel` does) and re-encodes the few seconds it keeps, so an endless stream keeps
-flat memory and per-chunk time. Under StreamAtt, which drops memory frames itself, the restart goes where the
-memory begins. Word times and policies see the memory frames as they are.
+flat memory and per-chunk time. Under StreamAtt, which drops memory frames itself, the encoder restarts on the
+next chunk after each drop, where the memory now begins (the kept audio, a few seconds, is re-encoded), so the
+decoder always reads a memory that starts at the encoder's position 0 with its forced text. Word times and
+policies see the memory frames as they are.
 """
 from __future__ import annotations
 
@@ -68,18 +70,22 @@ class CausalWhisperModel(WhisperStreamingModel):
 
     @torch.no_grad()
     def encode(self, audio: Tensor, state: CausalWhisperState, final: bool = False) -> tuple[Tensor, CausalWhisperState]:
-        """Run the encoder on the new audio (or restart it on the kept audio after a trim); returns the memory."""
+        """Run the encoder on the new audio (or restart it on the kept audio after a trim or a drop); returns the
+        memory."""
         audio = audio.float().reshape(-1)
         if final:
             audio = torch.cat([audio, torch.zeros(END_SILENCE_SAMPLES)])
         window = torch.cat([state.audio, audio]) if audio.numel() else state.audio
         info = state.info
         cut = 0
-        if window.numel() > self.trim_after_samples:
-            if info.session_drops:
-                cut = state.dropped * FRAME
-            else:
-                cut, info = self.trim_point(window, info)
+        if state.dropped:
+            # the session dropped frames (StreamAtt): restart where the memory now begins. Frames cut out of a
+            # running encoder still hold the dropped audio in their context and start past position 0, which the
+            # decoder never met in training (a memory from position 0, its forced text from the memory's start):
+            # it then stalls or writes the dropped words again
+            cut = state.dropped * FRAME
+        else:
+            cut, info = self.trim_point(window, info)
         if window.numel() - cut > self.max_window_samples:  # no committed word to cut at: keep the newest audio
             hard = window.numel() - self.max_window_samples
             hard += (-hard) % FRAME
@@ -98,7 +104,8 @@ class CausalWhisperModel(WhisperStreamingModel):
         return memory, replace(state, audio=window, encoder=encoder, encoded=memory, info=info)
 
     def drop_frames(self, state: CausalWhisperState, n: int) -> CausalWhisperState:
-        """Forget the first n memory frames (StreamAtt); the encoder keeps its caches until the next restart."""
+        """Forget the first n memory frames (StreamAtt); the next `encode` restarts the encoder on the audio after
+        them (until then the memory is the running encoder's frames without its first n)."""
         if n <= 0:
             return state
         cross = None if state.cross is None else tuple((k[:, :, n:], v[:, :, n:]) for k, v in state.cross)
