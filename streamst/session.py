@@ -203,7 +203,7 @@ class Session:
         compute_ms = (self.compute_s + shared_s + self.clock() - t0) * 1000.0
         starts = word_starts(pieces[:n]) + [n]
         for a, b in zip(starts, starts[1:]):
-            text = "".join(pieces[a:b]).replace(WORD_START, " ").strip()
+            text = tok.decode(hyp.tokens[a:b]).strip()  # not the pieces: byte-level ones split a character
             if not text:
                 continue
             span = self._span(attention, a, b)
