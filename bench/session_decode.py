@@ -52,7 +52,7 @@ def run(model_name: str, policy: str, audio: np.ndarray, bounds: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="en-de")
+    ap.add_argument("--model", default="en-de-espeak")
     ap.add_argument("--policies", default="waitk:k=3;alignatt:frames=4;streamatt:frames=4,history_words=20")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--no-bounds", action="store_true", help="decode whole continuations, no stream length bound")

@@ -277,7 +277,7 @@ def main() -> int:
     from streamst.commands.demo import SAMPLE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="en-de", help="model name or checkpoint (default: the shipped en-de)")
+    ap.add_argument("--model", default="en-de-espeak", help="model name or checkpoint (default: the shipped en-de-espeak)")
     ap.add_argument("--policy", default="streamatt:frames=4,history_words=20",
                     help="policy for every stream (default: StreamAtt, bounded memory on endless streams)")
     ap.add_argument("--streams", type=int, default=32, help="concurrent clients")

@@ -273,7 +273,7 @@ def test_waitk_decodes_only_the_words_it_may_commit_and_commits_the_same_words()
     audio = _librivox()
     runs = {}
     for partial in (3, None):
-        model = load_model("en-de")
+        model = load_model("en-de-espeak")
         calls = _counting(model)
         words, _ = _stream(model, "waitk:k=3", audio, partial_words=partial)
         runs[partial] = (words, calls)
@@ -304,7 +304,7 @@ def test_attention_policies_decode_less_on_real_speech_and_commit_the_same(spec)
     audio = _librivox()
     runs = {}
     for partial in (0, 3, None):
-        model = load_model("en-de")
+        model = load_model("en-de-espeak")
         calls = _counting(model)
         words, _ = _stream(model, spec, audio, partial_words=partial)
         runs[partial] = (words, sum(n for _, n in calls))
@@ -321,7 +321,7 @@ def test_a_runaway_model_cannot_grow_the_committed_text_past_the_length_bound():
     from streamst.checkpoint import load_model
 
     audio = _librivox()
-    model = load_model("en-de")
+    model = load_model("en-de-espeak")
     growth = {}
     for rate in (25.0, None):
         s = Session(model, parse_policy("alignatt:frames=4"), max_tokens_per_s=rate)

@@ -135,7 +135,7 @@ def test_score_refuses_audio_and_lines_that_are_not_instances(tmp_path):
 
 def test_export_onnx_without_onnx_names_the_extra_and_leaves_no_folder(tmp_path):
     out = tmp_path / "onnx"
-    for command in (["export-onnx", "en-de", "--out", str(out)], ["bench", "--quick"]):
+    for command in (["export-onnx", "en-de-espeak", "--out", str(out)], ["bench", "--quick"]):
         proc = cli(*command, pre="import sys; sys.modules['onnx'] = None")  # as if onnx were not installed
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "pip install 'streamst[onnx]'" in proc.stderr and "Traceback" not in proc.stderr

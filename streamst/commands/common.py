@@ -14,7 +14,7 @@ from pathlib import Path
 # extra) comes first for English ASR because the shipped en-asr only knows synthetic espeak-ng voices.
 DEFAULT_MODELS: dict[tuple[str, str], tuple[str, ...]] = {
     ("asr", "en"): ("whisper-tiny.en-causal", "whisper-tiny.en", "en-asr"),
-    ("st", "en-de"): ("en-de",),
+    ("st", "en-de"): ("en-de", "en-de-espeak"),
     ("st", "en-es"): ("en-es",),
 }
 DEFAULT_LANGUAGES = {"asr": "en", "st": "en-de"}  # the row a task uses when no language pair is given

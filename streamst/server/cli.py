@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="port for WebSocket and HTTP (0: any free port)")
     parser.add_argument("--model", default=os.environ.get("STREAMST_MODEL"),
                         help="model name (see `streamst models`) or checkpoint path")
+    parser.add_argument("--pair", default="en", choices=["en", "en-de", "en-es"],
+                        help="without --model: captions in English (en, the default) or translated into German or "
+                             "Spanish (en-de, en-es), each by its default model")
     parser.add_argument("--policy", default=DEFAULT_POLICY,
                         help=f"default policy spec (default {DEFAULT_POLICY}: bounded text and audio history, for "
                              "endless streams; e.g. waitk:k=3 for short ones)")
@@ -84,11 +87,12 @@ def ssl_context(certfile: str | None, keyfile: str | None) -> ssl_lib.SSLContext
     return ctx
 
 
-def default_model() -> str:
-    """Live captions of real speech: the default English recognition model, the rule every command follows."""
+def default_model(pair: str = "en") -> str:
+    """Live captions of real speech: the default English recognition model, or the pair's translation model (the
+    rule every command follows)."""
     from streamst.commands.common import default_model as rule
 
-    return rule("asr")
+    return rule("asr") if pair == "en" else rule("st", pair)
 
 
 def make_scheduler(args: argparse.Namespace):
@@ -132,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK and tls is None:
         print("streamst serve: warning: listening beyond loopback without TLS; browsers only give the "
               "microphone to https:// pages (or localhost)", file=sys.stderr)
-    model_name = args.model or default_model()
+    model_name = args.model or default_model(args.pair)
     model = load_model(model_name)
     origins = None if "*" in args.allow_origin else default_origins(args.host, args.port) | set(args.allow_origin)
     config = ServerConfig(model_name=Path(model_name).stem, default_policy=args.policy, chunk_ms=args.chunk_ms,
