@@ -60,7 +60,7 @@ class DecoderTrainer:
         self.index = torch.full((self.loaded.config.n_vocab,), -100, dtype=torch.long)
         self.index[self.vocab] = torch.arange(len(self.vocab))
         # the full embedding stays as it is; the decoder reads and writes through a copy of the vocabulary's rows
-        # (its tokens are renumbered by `index`), so each update touches 10k rows, not 52k
+        # (its tokens are renumbered by `index`), so each update touches 5-8k rows, not 52k
         self.full_embedding = self.net.decoder.token_embedding.weight.detach().clone()
         self.net.decoder.token_embedding = torch.nn.Embedding.from_pretrained(self.full_embedding[self.vocab],
                                                                               freeze=False)
