@@ -166,3 +166,12 @@ def test_shipped_models_reach_their_measured_chrf_on_real_speech(name, lang, flo
     hyps = [" ".join(w.text for w in run(model, "offline", audio)[0]) for _, audio, _ in clips]
     score = sacrebleu.corpus_chrf(hyps, [[references[n] for n, _, _ in clips]]).score
     assert score >= floor, (score, hyps)
+
+
+@needs_weights
+@needs_speech
+def test_shipped_translator_batched_writes_what_it_writes_alone():
+    """The translator in the server's batched step: the words and delays of each stream alone."""
+    from test_causal_whisper import test_batched_streams_write_what_each_writes_alone as check_batched
+
+    check_batched(shipped("en-de"))
