@@ -160,23 +160,18 @@ def ding_phrase_pairs(path: Path = sources.DING_PATH, *, max_lines: int | None =
     and neither holds a template placeholder (sb., etw., ...) or an unexpanded '/' variant.
     `max_lines` reads only the first lines (for quick checks).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"Ding dictionary not found at {path} (apt-get install trans-de-en)")
     pairs: list[SentencePair] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f):
-            if max_lines is not None and number >= max_lines:
-                break
-            for de_alts, en_alts in ding_alternatives(line):
-                for i, en in enumerate(en_alts):
-                    de = de_alts[i] if i < len(de_alts) else de_alts[0]
-                    if en in seen or _phrase_words(en) < 2 or _TEMPLATE.search(en) or _TEMPLATE.search(de):
-                        continue
-                    if sources.is_sentence(en) or sources.is_sentence(de):
-                        continue
-                    seen.add(en)
-                    pairs.append(SentencePair(en=en, target=de, source="ding-phrases"))
+    for line in sources.ding_lines(path, max_lines):
+        for de_alts, en_alts in ding_alternatives(line):
+            for i, en in enumerate(en_alts):
+                de = de_alts[i] if i < len(de_alts) else de_alts[0]
+                if en in seen or _phrase_words(en) < 2 or _TEMPLATE.search(en) or _TEMPLATE.search(de):
+                    continue
+                if sources.is_sentence(en) or sources.is_sentence(de):
+                    continue
+                seen.add(en)
+                pairs.append(SentencePair(en=en, target=de, source="ding-phrases"))
     return pairs
 
 

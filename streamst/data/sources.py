@@ -6,9 +6,11 @@ Paths are those of the Debian packages `trans-de-en`, `wordnet-base`, `apertium-
 """
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,14 @@ def is_sentence(text: str, *, min_words: int = 2, max_words: int = 40) -> bool:
             and any(c.isalpha() for c in text))
 
 
+def ding_lines(path: Path = DING_PATH, max_lines: int | None = None) -> Iterator[str]:
+    """The Ding dictionary's lines (only the first `max_lines`, for quick checks); a clear error where it is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"Ding dictionary not found at {path} (apt-get install trans-de-en)")
+    with path.open(encoding="utf-8") as f:
+        yield from itertools.islice(f, max_lines)
+
+
 def ding_pairs(path: Path = DING_PATH, *, max_lines: int | None = None) -> list[SentencePair]:
     """Sentence-like `de :: en` example pairs of the Ding dictionary, one per distinct English sentence.
 
@@ -49,27 +59,22 @@ def ding_pairs(path: Path = DING_PATH, *, max_lines: int | None = None) -> list[
     alternatives are separated by '; ' and the first one is kept. Entries with {} [] () or / notes are dropped.
     `max_lines` reads only the first lines of the file (for quick checks).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"Ding dictionary not found at {path} (apt-get install trans-de-en)")
     pairs: list[SentencePair] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f):
-            if max_lines is not None and number >= max_lines:
-                break
-            if line.startswith("#") or " :: " not in line:
+    for line in ding_lines(path, max_lines):
+        if line.startswith("#") or " :: " not in line:
+            continue
+        de_side, en_side = line.rstrip("\n").split(" :: ", 1)
+        de_parts, en_parts = de_side.split(" | "), en_side.split(" | ")
+        if len(de_parts) != len(en_parts):
+            continue
+        for de, en in zip(de_parts, en_parts):
+            de, en = normalize(de.split("; ")[0]), normalize(en.split("; ")[0])
+            if _DING_NOTES.search(de) or _DING_NOTES.search(en):
                 continue
-            de_side, en_side = line.rstrip("\n").split(" :: ", 1)
-            de_parts, en_parts = de_side.split(" | "), en_side.split(" | ")
-            if len(de_parts) != len(en_parts):
-                continue
-            for de, en in zip(de_parts, en_parts):
-                de, en = normalize(de.split("; ")[0]), normalize(en.split("; ")[0])
-                if _DING_NOTES.search(de) or _DING_NOTES.search(en):
-                    continue
-                if is_sentence(de) and is_sentence(en) and en not in seen:
-                    seen.add(en)
-                    pairs.append(SentencePair(en=en, target=de, source="ding"))
+            if is_sentence(de) and is_sentence(en) and en not in seen:
+                seen.add(en)
+                pairs.append(SentencePair(en=en, target=de, source="ding"))
     return pairs
 
 
