@@ -174,6 +174,28 @@ def test_work_queue_coalesces_audio_and_bounds_the_rest():
                                                            Marker(2), 0)
 
 
+def test_work_queue_takes_audio_across_markers_when_asked():
+    from streamst.server.protocol import Finish
+    from streamst.server.workqueue import AudioRun, WorkQueue
+
+    async def main():
+        q = WorkQueue(max_items=8)
+        for i in range(3):
+            q.put(Audio(b"ab"))
+            q.put(Marker(i))
+        q.put(Audio(b"cd"))
+        q.put(Finish("eos"))
+        q.put(Audio(b"ef"))
+        run = await q.get(5, across_markers=True)  # reaches 5 bytes inside the third piece: its marker stays
+        rest = await q.get(100, across_markers=lambda: True)  # stops before eos, which keeps its place
+        return run, rest, await q.get(100, True), await q.get(100, True), len(q)
+
+    run, rest, eos, tail, left = asyncio.run(main())
+    assert run == AudioRun(b"ababa", [Marker(0), Marker(1)])
+    assert rest == AudioRun(b"bcd", [Marker(2)])
+    assert eos.reason == "eos" and tail == AudioRun(b"ef", []) and left == 0
+
+
 def test_capacity_meter_follows_the_measured_cost():
     from streamst.server.capacity import CapacityMeter
 
@@ -217,14 +239,18 @@ def test_admission_uses_the_measured_capacity_unless_max_streams_is_given(tiny_m
 # ------------------------------------------------------------------------------------------- catch-up
 
 
-def steps_for_a_burst(model, wav_audio: np.ndarray, limits) -> tuple[int, dict, int]:
-    """One client sends its whole utterance in one frame, then eos, to an in-process server: (model rounds run,
-    the client's result, chunks the session read)."""
+def steps_for_a_burst(model, wav_audio: np.ndarray, limits, piece_s: float | None = None,
+                      marker_every: int = 0) -> tuple[int, dict, int]:
+    """One client sends its whole utterance at once (one frame, or `piece_s` pieces with a marker after every
+    `marker_every`-th), then eos, to an in-process server: (model rounds run, the client's result, chunks the
+    session read)."""
     from streamst.server.app import ServerConfig, StreamServer
     from streamst.server.batching import BatchingScheduler
     from streamst.server.client import stream_audio
 
     pcm = (np.clip(wav_audio[:, 0], -1, 1) * 32767).astype("<i2").tobytes()
+    step = len(pcm) if piece_s is None else int(piece_s * 16000) * 2
+    pieces = [pcm[i:i + step] for i in range(0, len(pcm), step)]
 
     async def main():
         scheduler = BatchingScheduler(torch_threads=1)
@@ -233,7 +259,7 @@ def steps_for_a_burst(model, wav_audio: np.ndarray, limits) -> tuple[int, dict, 
         ws_server = await server.start("127.0.0.1", 0)
         url = f"ws://127.0.0.1:{next(iter(ws_server.sockets)).getsockname()[1]}/"
         try:
-            result = await stream_audio(url, [pcm], {"sample_rate": 16000})
+            result = await stream_audio(url, pieces, {"sample_rate": 16000}, marker_every=marker_every)
         finally:
             await server.shutdown(timeout_s=10)
             scheduler.close()
@@ -259,3 +285,16 @@ def test_a_stream_that_falls_behind_catches_up_with_larger_chunks(tiny_model, ti
     assert off >= chunks - 1  # without catch-up: one round per chunk
     if result_off.words:
         assert result.words, "catching up lost every word"
+
+
+def test_markers_between_pieces_do_not_stop_catch_up(tiny_model, tiny_corpus):
+    """A client that sends a marker after every 320 ms piece (the load bench's clients do) still catches up, and
+    every marker comes back, in order, after the audio sent before it."""
+    from streamst.server.protocol import Limits
+
+    audio, rate = speech(tiny_corpus, 6.0)
+    rounds, result, chunks = steps_for_a_burst(tiny_model, audio, Limits(), piece_s=0.32, marker_every=1)
+    assert rounds <= 4 < chunks, (rounds, chunks)
+    assert list(result.markers) == list(range(1, len(audio) // (rate * 32 // 100) + 2)), list(result.markers)
+    assert result.done["reason"] == "eos" and result.done["stats"]["audio_s"] == pytest.approx(len(audio) / rate,
+                                                                                              abs=0.05)

@@ -166,8 +166,6 @@ def test_a_client_that_stops_reading_is_dropped_and_others_keep_their_words(tiny
     assert open_after == 0  # both slots were freed
 
 
-@pytest.mark.xfail(strict=True, reason="open: the error and close frame written behind the unread data do not reach "
-                   "a client that reads again; it sees 1006 after send_timeout_s (see docs/protocol.md)")
 def test_a_client_that_stops_reading_gets_a_typed_slow_consumer_when_it_reads_again(tiny_model):
     """Dropping a non-reading client is never a silent close: the error and close frame wait behind its unread
     messages, so a client that reads again within `send_timeout_s` learns why."""

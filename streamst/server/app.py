@@ -34,7 +34,7 @@ from streamst.server.protocol import (
 )
 from streamst.server.capacity import CapacityMeter
 from streamst.server.scheduler import Scheduler
-from streamst.server.workqueue import WorkQueue
+from streamst.server.workqueue import AudioRun, WorkQueue
 
 log = logging.getLogger("streamst.server")
 WEB_ROOT = Path(__file__).resolve().parents[1] / "web"  # package data: a wheel install serves the page too
@@ -146,6 +146,7 @@ class StreamServer:
         await self.server.wait_closed()
 
     async def handle(self, ws: ServerConnection) -> None:
+        _bound_send_buffer(ws, self.config.limits.socket_send_bytes)
         conn = Connection(self, ws)
         self.connections.add(conn)
         try:
@@ -320,17 +321,19 @@ class Connection:
 
     async def _work_loop(self) -> None:
         while True:
-            item = await self.work.get(self._piece_bytes)
+            item = await self.work.get(self._piece_bytes, lambda: self.catching_up)
             catch_up = self.catching_up
             if self.session is None:
                 continue
             try:
-                if isinstance(item, Audio):
+                if isinstance(item, (Audio, AudioRun)):
                     session = self.session
                     audio_ms, compute_s = session.source_ms, session.compute_s
                     events = await self.server.scheduler.push(session, item.pcm, merge=catch_up)
                     self.server.meter.record((session.source_ms - audio_ms) / 1000.0, session.compute_s - compute_s)
                     await self.execute(self.protocol.on_events(events, session.source_ms))
+                    for marker in item.markers if isinstance(item, AudioRun) else ():  # passed by a catch-up run
+                        await self.execute(self.protocol.on_marker(marker.id, session.source_ms))
                 elif isinstance(item, Marker):
                     await self.execute(self.protocol.on_marker(item.id, self.session.source_ms))
                 elif isinstance(item, Reconfigure):
@@ -387,6 +390,17 @@ def _reconfigure(session: Any, config: Any) -> None:
 
     session.set_policy(parse_policy(config.policy))
     session.beam = config.beam
+
+
+def _bound_send_buffer(ws: ServerConnection, nbytes: int) -> None:
+    """Fix the kernel's send buffer of a connection (loopback autotunes it to megabytes): what a client has not
+    read stays within the server's own bounds, and an error queued behind it reaches the client when it reads."""
+    import socket
+
+    sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
+    if sock is not None and nbytes > 0:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, nbytes)
 
 
 def _token(request: Request | None) -> str | None:

@@ -75,6 +75,8 @@ class Limits:
     work_queue: int = 256  # queued markers / configs per stream (audio is bounded by max_backlog_s)
     send_queue: int = 256  # outgoing messages per stream before a non-reading client is dropped
     send_timeout_s: float = 10.0  # one send blocked this long drops the client
+    socket_send_bytes: int = 1 << 16  # the kernel's send buffer per connection (Linux doubles it): unread data
+    # stays bounded there too, so a `slow_consumer` error is seconds, not megabytes, behind what a client read
     busy_retry_s: float = 5.0  # retry hint in `busy`
     catchup_lag_s: float = 1.5  # a stream this far behind its received audio takes larger chunks (inf: never)
     catchup_max_s: float = 8.0  # the largest chunk a lagging stream takes
