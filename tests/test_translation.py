@@ -83,6 +83,12 @@ def test_recipe_trains_resumes_and_ships_a_model_that_translates_and_loads(cache
     vocab = set(obj["vocab"].tolist())
     assert set(allowed) <= vocab and model.tokenizer.eot in allowed
     assert model.tokenizer.encode(" Bahnhof")[0] in allowed
+    # a new run may start from a shipped model's decoder (--init-model): before any update it ships the same one
+    again = tmp_path / "again"
+    assert main(args[:-4] + ["--out", str(again), "--dev-every", "0", "--steps", "0", "--init-model",
+                             str(out / "model.pt")]) == 0
+    first, second = obj["decoder"], read_checkpoint(again / "model.pt")["decoder"]
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 # ------------------------------------------------------------------------------------ shipped models

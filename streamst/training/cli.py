@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start encoder, CTC head, source tokenizer and CMVN from this (ASR) model: the ASR-first recipe")
     m.add_argument("--init-model", metavar="CKPT",
                    help="start every weight, both tokenizers and CMVN from this streamst model of the same pair "
-                        "(fine-tuning: its shape replaces the model options)")
+                        "(fine-tuning: its shape replaces the model options); with --recipe whisper-st, a "
+                        "translation model (e.g. en-de) whose decoder a new run starts from")
     o = p.add_argument_group("checkpoints and evaluation")
     o.add_argument("--save-every", type=int, help="updates between checkpoints (default 500)")
     o.add_argument("--keep-last", type=int, help="step checkpoints kept on disk (default 10; 0 keeps all)")
@@ -168,6 +169,7 @@ def run_causal_whisper(args: argparse.Namespace) -> int:
 
 def run_whisper_st(args: argparse.Namespace) -> int:
     """`--recipe whisper-st`: train a translation decoder over the causal Whisper encoder's cached frames."""
+    from streamst.checkpoint import resolve_model
     from streamst.whisper import st_cache, st_train
 
     pair = args.pair or "en-de"
@@ -185,6 +187,8 @@ def run_whisper_st(args: argparse.Namespace) -> int:
             "--minutes", str(args.time_limit or 60.0)]
     if args.dev_every == 0:
         argv += ["--eval-every", "0"]
+    if args.init_model:
+        argv += ["--init", str(resolve_model(args.init_model))]
     for flag, value in (("--lr", args.lr), ("--seed", args.seed), ("--steps", args.steps)):
         if value is not None:
             argv += [flag, str(value)]

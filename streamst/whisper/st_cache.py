@@ -146,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--limit", type=int, help="only the first N examples (a quick run)")
+    ap.add_argument("--lang", choices=["de", "es"], help="only the examples with a translation into this language")
     ap.add_argument("--adapter", type=Path, help="causal Whisper checkpoint (default: the shipped one)")
     args = ap.parse_args(argv)
     examples = collect_examples()
+    if args.lang:
+        examples = [e for e in examples if args.lang in e.targets]
     if args.limit:
         examples = examples[: args.limit]
     print(f"{len(examples)} examples: {sum('de' in e.targets for e in examples)} with German, "

@@ -154,6 +154,20 @@ class DecoderTrainer:
             out["real"] = real
         return out
 
+    def init_from(self, path: Path) -> None:
+        """Start from a shipped translation model's decoder (a new run continuing an earlier one whose run folder
+        is gone); vocabulary rows it never trained keep tiny.en's embedding."""
+        from streamst.checkpoint import read_checkpoint
+        from streamst.whisper.translation import merged_weights
+
+        obj = read_checkpoint(path)
+        if obj.get("kind") != "whisper-causal-st" or obj.get("tgt_lang") != self.lang:
+            raise SystemExit(f"{path}: not a whisper-causal-st model into {self.lang}")
+        weights = {k: v.float() for k, v in merged_weights(obj).state_dict.items() if k.startswith("decoder.")}
+        embedding = weights.pop(EMBEDDING)
+        weights[EMBEDDING] = embedding[self.vocab]
+        self.net.decoder.load_state_dict({k[len("decoder."):]: v for k, v in weights.items()})
+
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"decoder": self.net.decoder.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-frames", type=int, default=6000, help="encoder frames per update (20 ms each)")
     ap.add_argument("--eval-every", type=float, default=15.0, help="minutes between evaluations (0: at the end only)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", type=Path, help="a new run starts from this translation model's decoder")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -192,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = DecoderTrainer(args.cache, args.lang, lr=args.lr, batch_frames=args.batch_frames, seed=args.seed)
     if (args.out / "last.pt").exists():
         trainer.load(args.out / "last.pt")
+    elif args.init:
+        trainer.init_from(args.init)
     log = (args.out / "log.jsonl").open("a")
     best_path = args.out / "best.json"
     best = json.loads(best_path.read_text())["dev_bleu"] if best_path.exists() else -1.0
