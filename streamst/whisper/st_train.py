@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = DecoderTrainer(args.cache, args.lang, lr=args.lr, batch_frames=args.batch_frames, seed=args.seed)
-    if (args.out / "last.pt").exists():
+    resumed = (args.out / "last.pt").exists()
+    if resumed:
         trainer.load(args.out / "last.pt")
     elif args.init:
         trainer.init_from(args.init)
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                           if k in ("dev_bleu", "real_chrf")}})
             best_path.write_text(json.dumps({"dev_bleu": best, "step": trainer.step}))
 
+    if args.init and not resumed:  # the model started from is the one to beat: scored before any update
+        evaluate()
     done = False
     losses: list[float] = []
     while not done:
