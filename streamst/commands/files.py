@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from streamst.audio import AudioFormat, read_audio
+from streamst.cascade import Cascade
 from streamst.commands.common import add_stream_options, check_audio_path, load_stream_model
 from streamst.events import Word
 
@@ -26,6 +27,13 @@ SUFFIX = {"text": ".txt", "jsonl": ".jsonl", "srt": ".srt", "vtt": ".vtt"}
 def add_arguments(parser: argparse.ArgumentParser, name: str = "translate") -> None:
     parser.add_argument("audio", nargs="+", help=AUDIO_HELP)
     add_stream_options(parser, "st" if name == "translate" else "asr")
+    if name == "translate":
+        parser.add_argument("--cascade", metavar="TRANSLATOR", default=None,
+                            help="a cascade instead of a translation model: the recogniser (--model, default the "
+                                 "English one) commits English words and TRANSLATOR translates each finished "
+                                 "sentence or clause (apertium: English to Spanish, offline, rule-based)")
+    else:
+        parser.set_defaults(cascade=None)
     parser.add_argument("--format", choices=list(SUFFIX), default="text", help=FORMAT_HELP)
     parser.add_argument("--out-dir", metavar="DIR", default=None,
                         help="write one file per input (NAME.txt/.jsonl/.srt/.vtt) here instead of stdout")
@@ -45,8 +53,10 @@ def read_audio_file(path: str | Path):
 
 
 def stream_file(model, policy, path: str | Path, *, chunk_ms: float = 320.0, beam: int = 1,
-                on_event: Callable | None = None):
-    """Stream one file through a fresh Session; returns (committed words, session)."""
+                on_event: Callable | None = None, cascade: Cascade | None = None):
+    """Stream one file through a fresh Session (its words translated by `cascade` where given); returns
+    (committed words, session)."""
+    from streamst.cascade import CascadeState
     from streamst.session import Session
 
     audio, rate = read_audio_file(path)
@@ -54,15 +64,20 @@ def stream_file(model, policy, path: str | Path, *, chunk_ms: float = 320.0, bea
     session = Session(model, policy, fmt, chunk_ms=chunk_ms, beam=beam)
     piece = max(1, int(fmt.sample_rate * chunk_ms / 1000))
     words: list[Word] = []
-    for i in range(0, max(1, audio.shape[0]), piece):
-        for e in session.push(audio[i:i + piece]) if audio.shape[0] else []:
-            words += [e] if isinstance(e, Word) else []
+    state = CascadeState()
+
+    def emit(events: list, final: bool = False) -> None:
+        nonlocal state
+        if cascade is not None:
+            events, state = cascade.step(state, events, final)
+        for e in events:
+            words.extend([e] if isinstance(e, Word) else [])
             if on_event:
                 on_event(e)
-    for e in session.finish():
-        words += [e] if isinstance(e, Word) else []
-        if on_event:
-            on_event(e)
+
+    for i in range(0, max(1, audio.shape[0]), piece):
+        emit(session.push(audio[i:i + piece]) if audio.shape[0] else [])
+    emit(session.finish(), final=True)
     return words, session
 
 
@@ -161,6 +176,12 @@ def run(args: argparse.Namespace) -> int:
     if args.reference and len(refs) != len(args.audio):
         raise ValueError(f"--reference {args.reference} has {len(refs)} lines for {len(args.audio)} audio files")
     paths = _out_paths(args.audio, args.out_dir, args.format) if args.out_dir else None
+    cascade = None
+    if args.cascade:
+        from streamst.cascade import text_translator
+
+        cascade = Cascade(text_translator(args.cascade))
+        task = "asr"  # the recogniser's words are what the text translator reads
     model = load_stream_model(args.model, task, args.backend, args.threads)
     writer = Writer(args.format, paths)
     if paths is None and args.format in ("srt", "vtt") and len(args.audio) > 1:
@@ -179,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             committed, session = stream_file(model, policy, path, chunk_ms=args.chunk_ms, beam=args.beam,
-                                             on_event=on_event)
+                                             on_event=on_event, cascade=cascade)
         except (ValueError, OSError) as e:  # one bad file does not stop the others
             message = str(e) if str(path) in str(e) else f"{path}: {e}"
             print(f"streamst {args.command}: {message}", file=sys.stderr)
@@ -189,5 +210,6 @@ def run(args: argparse.Namespace) -> int:
         st = session.stats()
         lat = summary(committed, session.source_ms, refs[k] if refs else None)
         print(f"{path}: {len(committed)} words, {st['audio_s']:.2f} s audio, {latency_line(lat)}, "
-              f"RTF {st['rtf']:.3f} ({getattr(model, 'name', '')}, {policy.spec()})", file=sys.stderr)
+              f"RTF {st['rtf']:.3f} ({getattr(model, 'name', '')}{' + ' + args.cascade if cascade else ''}, "
+              f"{policy.spec()})", file=sys.stderr)
     return 1 if failed else 0

@@ -32,6 +32,7 @@ from streamst.server.protocol import (
     DEFAULT_POLICY, Audio, Close, CloseConnection, Finish, Limits, Marker, ModelInfo, Open, Reconfigure, Send,
     ServerProtocol, State, error_message,
 )
+from streamst.cascade import Cascade, CascadeState
 from streamst.server.capacity import CapacityMeter
 from streamst.server.scheduler import Scheduler
 from streamst.server.workqueue import AudioRun, WorkQueue
@@ -55,6 +56,7 @@ class ServerConfig:
     token: str | None = None
     allowed_origins: set[str] | None = None  # None: any origin; else the set (a missing Origin header is allowed)
     web_root: Path = WEB_ROOT
+    cascade: Cascade | None = None  # the model recognises; this translates its committed words (streamst.cascade)
 
 
 class StreamServer:
@@ -65,9 +67,11 @@ class StreamServer:
         self.model, self.config, self.scheduler = model, config, scheduler
         self.meter = meter or CapacityMeter(parallelism=getattr(scheduler, "parallelism", 1))
         self.make_session = make_session or _make_session
+        cascade = config.cascade
         self.model_info = ModelInfo(
-            name=config.model_name, task=getattr(model, "task", None),
-            source_lang=getattr(model, "src_lang", None), target_lang=getattr(model, "tgt_lang", None),
+            name=config.model_name, task="st" if cascade else getattr(model, "task", None),
+            source_lang=getattr(model, "src_lang", None),
+            target_lang=cascade.target_lang if cascade else getattr(model, "tgt_lang", None),
             default_policy=config.default_policy, default_chunk_ms=config.chunk_ms,
         )
         self.open_streams = 0
@@ -171,6 +175,7 @@ class Connection:
         self.admitted = False
         self.work = WorkQueue(self.limits.work_queue)
         self.catching_up = False
+        self.cascade_state = CascadeState()
         self.outgoing: asyncio.Queue = asyncio.Queue(maxsize=self.limits.send_queue)
         self.closing = False
         self._dropping: asyncio.Task | None = None
@@ -331,6 +336,7 @@ class Connection:
                     audio_ms, compute_s = session.source_ms, session.compute_s
                     events = await self.server.scheduler.push(session, item.pcm, merge=catch_up)
                     self.server.meter.record((session.source_ms - audio_ms) / 1000.0, session.compute_s - compute_s)
+                    events = await self._translated(events)
                     await self.execute(self.protocol.on_events(events, session.source_ms))
                     for marker in item.markers if isinstance(item, AudioRun) else ():  # passed by a catch-up run
                         await self.execute(self.protocol.on_marker(marker.id, session.source_ms))
@@ -340,7 +346,7 @@ class Connection:
                     _reconfigure(self.session, item.config)
                     await self.execute(self.protocol.on_reconfigured())
                 elif isinstance(item, Finish):
-                    events = await self.server.scheduler.finish(self.session)
+                    events = await self._translated(await self.server.scheduler.finish(self.session), final=True)
                     stats = self.session.stats()
                     await self.execute(self.protocol.on_finished(events, stats, item.reason, self.session.source_ms))
                     return
@@ -351,6 +357,14 @@ class Connection:
                 log.exception("stream step failed")
                 await self.execute(self.protocol.on_work_error("internal", f"stream step failed: {type(e).__name__}"))
                 return
+
+    async def _translated(self, events: list, final: bool = False) -> list:
+        """The events as the client gets them: a cascade's text translator runs off the event loop."""
+        cascade = self.server.config.cascade
+        if cascade is None:
+            return events
+        events, self.cascade_state = await asyncio.to_thread(cascade.step, self.cascade_state, events, final)
+        return events
 
     # ---- sender ----
 

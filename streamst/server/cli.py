@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair", default="en", choices=["en", "en-de", "en-es"],
                         help="without --model: captions in English (en, the default) or translated into German or "
                              "Spanish (en-de, en-es), each by its default model")
+    parser.add_argument("--cascade", metavar="TRANSLATOR", default=None,
+                        help="translated captions by a cascade: the English recogniser (--model, default the English "
+                             "one) commits words and TRANSLATOR translates each finished sentence or clause "
+                             "(apertium: into Spanish, offline, rule-based)")
     parser.add_argument("--policy", default=DEFAULT_POLICY,
                         help=f"default policy spec (default {DEFAULT_POLICY}: bounded text and audio history, for "
                              "endless streams; e.g. waitk:k=3 for short ones)")
@@ -136,11 +140,19 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK and tls is None:
         print("streamst serve: warning: listening beyond loopback without TLS; browsers only give the "
               "microphone to https:// pages (or localhost)", file=sys.stderr)
-    model_name = args.model or default_model(args.pair)
+    cascade = None
+    if args.cascade:
+        from streamst.cascade import Cascade, text_translator
+
+        cascade = Cascade(text_translator(args.cascade))
+        if args.pair not in ("en", f"en-{cascade.target_lang}"):
+            raise ValueError(f"--cascade {args.cascade} translates into {cascade.target_lang}, not --pair {args.pair}")
+    model_name = args.model or default_model("en" if cascade else args.pair)
     model = load_model(model_name)
     origins = None if "*" in args.allow_origin else default_origins(args.host, args.port) | set(args.allow_origin)
-    config = ServerConfig(model_name=display_name(model_name), default_policy=args.policy, chunk_ms=args.chunk_ms,
-                          limits=limits, token=args.token or None, allowed_origins=origins)
+    name = display_name(model_name) + (f"+{args.cascade}" if cascade else "")
+    config = ServerConfig(model_name=name, default_policy=args.policy, chunk_ms=args.chunk_ms, limits=limits,
+                          token=args.token or None, allowed_origins=origins, cascade=cascade)
     scheduler = make_scheduler(args)
     server = StreamServer(model, config, scheduler)
     if limits.max_streams is None:
