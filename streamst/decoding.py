@@ -1,26 +1,59 @@
-"""Greedy and beam search over the decoder, forcing a prefix and keeping each token's cross-attention."""
+"""The one decode loop: batch-first greedy decoding (and beam search) after a forced prefix, keeping each token's
+cross-attention, for every model family.
+
+In the style of openai/whisper's `decoding.py`: one loop, and what differs between families is a `Family` of
+hooks (the end token, suppressed tokens, which position's cross-attention a token's row is, whether the stop
+rule reads it, whether the budget's last step still reads the end token) plus a `Step` that runs the family's
+decoder for the rows still going. The families' decoders (the own model's batched slot-buffer decoder in
+`streamst.decoder_batch`, any `Decoder`-like callable such as the ONNX graphs, Whisper's) only compute logits
+and attention; choosing tokens, the stop rule and the repetition guard happen here, once.
+
+The repetition guard (one behaviour for every family): a unit of 1..16 tokens repeated 3 times in a row (a
+single token 5 times) at the end of a continuation is a decoder loop; decoding stops there and the loop is
+kept once (`cut_loop`), and the hypothesis counts as ended (the decoder has nothing more to say here).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from streamst.model import Decoder
 from streamst.speech_model import Hypothesis
 
+MIN_LOOP_TOKENS = 6  # no loop is looked for in a continuation shorter than this
 
-def repeats_at_end(tokens: list[int], max_ngram: int = 4, times: int = 3) -> bool:
-    """True when the sequence ends with one n-gram repeated `times` times in a row (a decoder loop)."""
-    for n in range(1, max_ngram + 1):
-        need = n * (times + (1 if n == 1 else 0))  # a single token may legitimately repeat once more
-        if len(tokens) >= need:
-            tail = tokens[-need:]
-            if all(tail[i] == tail[i % n] for i in range(need)):
-                return True
-    return False
+
+def loop_length(tokens: list[int], min_repeats: int = 3, max_unit: int = 16) -> int | None:
+    """Where a decoder loop at the end of `tokens` (a unit of 1..max_unit tokens repeated min_repeats+ times in a
+    row; 5+ times for a single token) ends its first occurrence: the length to keep; None when there is none."""
+    n = len(tokens)
+    for unit in range(1, max_unit + 1):
+        repeats = 5 if unit == 1 else min_repeats
+        if n < unit * repeats:
+            break
+        tail = tokens[n - unit:]
+        if all(tokens[n - unit * (r + 1): n - unit * r] == tail for r in range(repeats)):
+            start = n - unit * repeats
+            while start - unit >= 0 and tokens[start - unit: start] == tail:
+                start -= unit
+            return start + unit
+    return None
+
+
+def cut_loop(tokens: list[int], rows: list, min_repeats: int = 3, max_unit: int = 16):
+    """The repetition guard's cut: a loop at the end is kept once; returns (tokens, rows, looped)."""
+    keep = loop_length(tokens, min_repeats, max_unit)
+    if keep is None:
+        return tokens, rows, False
+    return tokens[:keep], rows[:keep], True
+
+
+def loops(tokens: list[int]) -> bool:
+    """The guard's test after each token: the continuation now ends in a decoder loop."""
+    return len(tokens) >= MIN_LOOP_TOKENS and loop_length(tokens) is not None
 
 
 @dataclass(frozen=True)
@@ -54,9 +87,98 @@ class StopTracker:
         return self.limit is not None and self.words > self.limit
 
 
+@dataclass(frozen=True)
+class Family:
+    """What a model family changes in the one loop.
+
+    `suppress(logits [n, V], index)`: logits with the tokens the family never writes at token `index` masked
+    (Whisper's specials and its begin-suppressed tokens); `input_rows`: a token's attention row is that of the
+    position the token is fed to (Whisper's alignment heads) instead of the position that predicted it;
+    `attention_stop`: the stop rule's attention test reads the rows (False where they are not over the memory
+    the policy sees); `peek_end`: at the budget, the next token is still read to know whether it is the end
+    (free where `input_rows` already ran that step)."""
+
+    eos: int
+    suppress: Callable[[Tensor, int], Tensor] | None = None
+    input_rows: bool = False
+    attention_stop: bool = True
+    peek_end: bool = False
+
+
+class Step(Protocol):
+    def __call__(self, rows: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
+        """Feed `tokens[i]` to row `rows[i]` (ids of the batch given at the start): the next logits
+        [len(rows), V] and each row's cross-attention [layers, heads, 1, frames] of that position. Rows not
+        listed have finished and are never listed again."""
+        ...
+
+
+def greedy(logits: Tensor, first_rows: list[Tensor | None], step: Step, budgets: list[int],
+           trackers: list[StopTracker], family: Family) -> list[Hypothesis]:
+    """Greedy continuations of a batch: `logits` [B, V] and `first_rows` (the cross-attention of the position
+    that predicts each row's first token) come from the prefix pass; row i writes at most `budgets[i]` tokens
+    and stops where `trackers[i]` or the repetition guard says."""
+    b = logits.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    rows: list[list[Tensor]] = [[] for _ in range(b)]
+    scores, ended = [0.0] * b, [False] * b
+    held = list(first_rows)  # per row: the attention of the position whose logits are next
+    alive = [r for r in range(b) if budgets[r] > 0 or family.peek_end]
+    current = logits[alive] if len(alive) < b else logits
+    index = 0
+    while alive:
+        x = current if family.suppress is None else family.suppress(current, index)
+        logp = x.float().log_softmax(-1)
+        best = logp.argmax(-1)
+        best_logp = logp.gather(1, best[:, None])[:, 0].tolist()
+        chosen, chosen_at = [], []
+        for j, (r, tok) in enumerate(zip(alive, best.tolist())):
+            if tok == family.eos:
+                ended[r] = True
+                continue
+            if len(tokens[r]) >= budgets[r]:
+                continue  # the budget's last peek
+            scores[r] += best_logp[j]
+            tokens[r].append(tok)
+            if not family.input_rows:
+                rows[r].append(held[r])
+            chosen.append(r)
+            chosen_at.append(j)
+        if family.input_rows and chosen:
+            nxt, fed = step(chosen, [tokens[r][-1] for r in chosen])
+            for r, row in zip(chosen, fed):
+                rows[r].append(row)
+        going = []
+        for k, r in enumerate(chosen):
+            row = rows[r][-1] if family.attention_stop else None
+            stop = trackers[r].add(tokens[r][-1], row) or loops(tokens[r])
+            if not stop and (len(tokens[r]) < budgets[r] or (family.peek_end and family.input_rows)):
+                going.append(k)
+        alive = [chosen[k] for k in going]
+        if not alive:
+            break
+        if family.input_rows:
+            current = nxt[going] if len(going) < len(chosen) else nxt
+        else:
+            current, fed = step(alive, [tokens[r][-1] for r in alive])
+            for r, row in zip(alive, fed):
+                held[r] = row
+        index += 1
+    out = []
+    for r in range(b):
+        toks, att, looped = cut_loop(tokens[r], rows[r])
+        empty = first_rows[r][:, :, :0] if first_rows[r] is not None else None
+        attention = torch.cat(att, dim=2) if att else empty
+        out.append(Hypothesis(tokens=toks, attention=attention, ended=ended[r] or looped, score=scores[r]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the own family
+
+
 @torch.inference_mode()
 def decode(
-    decoder: Decoder,
+    decoder,
     memory: Tensor,
     prefix: list[int],
     bos: int,
@@ -67,45 +189,25 @@ def decode(
     length_penalty: float = 1.0,
     stop: StopRule | None = None,
     word_start_ids: frozenset[int] = frozenset(),
+    mem_kv=None,
 ) -> Hypothesis:
-    """Continue after `prefix` over `memory` [T, d]. Attention rows are those of the decoder position that
-    predicted each token, shaped [layers, heads, n_tokens, T]; `prefix_attention` likewise for the prefix.
-    Greedy decoding ends early where `stop` says the policy can commit no more this chunk; beam search ignores
-    it (its best hypothesis is only known at the end)."""
-    mem_kv = decoder.project_memory(memory.unsqueeze(0))
-    start = torch.tensor([[bos] + prefix], device=memory.device)
-    logits, caches, attn = decoder(start, mem_kv)
-    prefix_attn = attn[:, 0, :, :-1] if prefix else None  # positions that predicted the prefix tokens
-    logp = logits[0, -1].log_softmax(-1)
+    """Continue after `prefix` over `memory` [T, d] with the project's decoder (torch `Decoder`, or anything
+    called like it, as the ONNX graphs are). Attention rows are those of the decoder position that predicted
+    each token, shaped [layers, heads, n_tokens, T]; `prefix_attention` likewise for the prefix. Greedy decoding
+    ends early where `stop` says the policy can commit no more this chunk; beam search ignores it (its best
+    hypothesis is only known at the end). `mem_kv`: the memory's keys/values per layer, when the caller keeps
+    them (`streamst.memory_cache`)."""
+    from streamst.decoder_batch import CallDecoder
+
+    run = CallDecoder(decoder, memory, prefix, bos, mem_kv)
     if beam <= 1:
-        hyp = _greedy(decoder, mem_kv, caches, logp, attn[:, 0, :, -1:], eos, max_tokens,
-                      StopTracker(stop, word_start_ids))
+        hyp = greedy(run.logits, run.first_rows, run.step, [max_tokens], [StopTracker(stop, word_start_ids)],
+                     Family(eos))[0]
     else:
-        hyp = _beam(decoder, mem_kv, caches, logp, attn[:, 0, :, -1:], eos, max_tokens, beam, length_penalty)
-    hyp.prefix_attention = prefix_attn
+        hyp = _beam(decoder, run.mem_kv, run.caches, run.logits[0].log_softmax(-1), run.first_rows[0], eos,
+                    max_tokens, beam, length_penalty)
+    hyp.prefix_attention = run.prefix_attention
     return hyp
-
-
-def _greedy(decoder, mem_kv, caches, logp, last_attn, eos, max_tokens, tracker: StopTracker) -> Hypothesis:
-    tokens: list[int] = []
-    rows: list[Tensor] = []
-    score = 0.0
-    ended = False
-    for _ in range(max_tokens):
-        tok = int(logp.argmax())
-        if tok == eos:
-            ended = True
-            break
-        score += float(logp[tok])
-        tokens.append(tok)
-        rows.append(last_attn)
-        if tracker.add(tok, last_attn) or repeats_at_end(tokens):
-            break
-        logits, caches, attn = decoder(torch.tensor([[tok]], device=logp.device), mem_kv, caches=caches)
-        logp = logits[0, -1].log_softmax(-1)
-        last_attn = attn[:, 0]
-    attention = torch.cat(rows, dim=2) if rows else last_attn[:, :, :0]
-    return Hypothesis(tokens=tokens, attention=attention, ended=ended, score=score)
 
 
 def _beam(decoder, mem_kv, caches, logp, first_attn, eos, max_tokens, beam, length_penalty) -> Hypothesis:
@@ -131,7 +233,7 @@ def _beam(decoder, mem_kv, caches, logp, first_attn, eos, max_tokens, beam, leng
                 finished.append((s / max(1, len(seqs[b])) ** length_penalty, seqs[b], attns[b], True))
                 continue
             seq = seqs[b] + [tok]
-            if repeats_at_end(seq):
+            if loops(seq):
                 finished.append((s / len(seq) ** length_penalty, seq, a, False))
                 continue
             new_seqs.append(seq)
@@ -158,4 +260,6 @@ def _beam(decoder, mem_kv, caches, logp, first_attn, eos, max_tokens, beam, leng
     if not finished:
         finished = [(float(s) / max(1, len(seq)), seq, a, False) for s, seq, a in zip(scores.tolist(), seqs, attns)]
     score, seq, a, ended = max(finished, key=lambda f: f[0])
-    return Hypothesis(tokens=seq, attention=a, ended=ended, score=score)
+    toks, rows, looped = cut_loop(seq, list(a.unbind(2)) if a.shape[2] else [])
+    a = torch.stack(rows, dim=2) if rows else a[:, :, :0]
+    return Hypothesis(tokens=toks, attention=a, ended=ended or looped, score=score)

@@ -1,12 +1,13 @@
 """`StreamingSpeechModel`: the project's own model behind the `SpeechModel` interface the session uses."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from streamst.decoding import StopRule, decode
+from streamst.memory_cache import MemoryKV, drop, memory_kv
 from streamst.features import FeatureState, init_feature_state, normalize, stream_features
 from streamst.model import EncoderState, SpeechTranslator
 from streamst.speech_model import Hypothesis
@@ -15,8 +16,11 @@ from streamst.tokenizer import Tokenizer, words_from_pieces
 
 @dataclass
 class StreamState:
+    """One stream: the feature tail, the encoder's caches and the decoder's keys/values of the memory so far."""
+
     features: FeatureState
     encoder: EncoderState
+    memory: MemoryKV | None = None
 
 
 class StreamingSpeechModel:
@@ -56,17 +60,22 @@ class StreamingSpeechModel:
         feats, fstate = stream_features(audio, state.features)
         feats = normalize(feats, self.mean, self.std).unsqueeze(0)
         frames, estate = self.net.encoder.step(feats, state.encoder, self.chunk_frames, self.left_frames, final)
-        return frames[0], StreamState(fstate, estate)
+        return frames[0], StreamState(fstate, estate, state.memory)
 
     def drop_frames(self, state: StreamState, n: int) -> StreamState:
-        return state  # the encoder's caches are already bounded; the session trims its memory
+        """The session trims its memory (the encoder's caches are bounded already): the memory's keys/values too."""
+        return replace(state, memory=drop(state.memory, n))
 
     def decode(self, memory: Tensor, prefix: list[int], state: StreamState, *, beam: int = 1, max_tokens: int = 64,
                stop: StopRule | None = None) -> tuple[Hypothesis, StreamState]:
         tok = self.tokenizer
+        if memory.shape[0] == 0 or state is None:  # nothing to cache (or a caller without a stream)
+            return decode(self.net.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
+                          stop=stop, word_start_ids=tok.word_start_ids), state
+        cache = memory_kv(self.net.decoder, memory, state.memory)
         hyp = decode(self.net.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
-                     stop=stop, word_start_ids=tok.word_start_ids)
-        return hyp, state
+                     stop=stop, word_start_ids=tok.word_start_ids, mem_kv=list(cache.kv))
+        return hyp, replace(state, memory=cache)
 
     def samples_cut(self, state: StreamState) -> int:
         return 0

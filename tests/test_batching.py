@@ -86,7 +86,7 @@ def test_batched_encoder_and_greedy_rows_equal_single_stream_calls(tiny_model, c
     prefixes = [[], [5, 9], [7], [4, 8, 12, 6]]
     budgets = [0, 3, 12, 20]
     tok = m.tokenizer
-    hyps = greedy_many(m.net.decoder, mems, prefixes, tok.bos, tok.eos, budgets)
+    hyps, _ = greedy_many(m.net.decoder, mems, prefixes, tok.bos, tok.eos, budgets)
     for mem, prefix, budget, hyp in zip(mems, prefixes, budgets, hyps):
         ref = decode(m.net.decoder, mem, prefix, tok.bos, tok.eos, beam=1, max_tokens=budget)
         assert (hyp.tokens, hyp.ended) == (ref.tokens, ref.ended)

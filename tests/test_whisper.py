@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from streamst.decoding import cut_loop
 from streamst.whisper import bundled_tiny_en
 from streamst.whisper.model import N_FRAMES, log_mel_spectrogram, sinusoids, window_features
-from streamst.whisper.streaming import cut_repetition
 from streamst.whisper.textnorm import corpus_wer, normalize
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -96,9 +96,9 @@ def test_sinusoids_start_with_sin_then_cos():
 def test_repetition_guard_keeps_the_first_occurrence_of_a_loop():
     rows = list(range(20))
     tokens = [5, 6, 1, 2, 3, 1, 2, 3, 1, 2, 3]
-    kept, kept_rows, looped = cut_repetition(tokens, rows[: len(tokens)])
+    kept, kept_rows, looped = cut_loop(tokens, rows[: len(tokens)])
     assert looped and kept == [5, 6, 1, 2, 3] and kept_rows == [0, 1, 2, 3, 4]
-    assert cut_repetition([1, 2, 3, 4, 1, 2], rows[:6])[2] is False
+    assert cut_loop([1, 2, 3, 4, 1, 2], rows[:6])[2] is False
 
 
 def test_normalisation_for_wer():

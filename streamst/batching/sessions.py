@@ -9,7 +9,7 @@ each stream's own calls. A failure in one stream's work is that stream's result;
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -112,15 +112,17 @@ def _decode(group: list[_Work], clock) -> None:
         t0 = clock()
         try:
             tok = model.tokenizer
-            hyps = greedy_many(model.net.decoder, [w.request.memory for w in greedy], [w.request.prefix for w in greedy],
-                               tok.bos, tok.eos, [w.request.max_tokens for w in greedy],
-                               [w.request.stop for w in greedy], tok.word_start_ids)
+            hyps, caches = greedy_many(model.net.decoder, [w.request.memory for w in greedy],
+                                       [w.request.prefix for w in greedy], tok.bos, tok.eos,
+                                       [w.request.max_tokens for w in greedy], [w.request.stop for w in greedy],
+                                       tok.word_start_ids, [w.request.state.memory for w in greedy])
         except Exception:  # noqa: BLE001 - find the stream at fault by decoding each alone
             hyps = None
         if hyps is not None:
             share = (clock() - t0) / len(greedy)
-            for w, hyp in zip(greedy, hyps):
-                w.hyp, w.decoded_state, w.shared_s = hyp, w.request.state, w.shared_s + share
+            for w, hyp, cache in zip(greedy, hyps, caches):
+                w.hyp, w.shared_s = hyp, w.shared_s + share
+                w.decoded_state = replace(w.request.state, memory=cache)
     for w in group:
         if w.hyp is not None:
             continue

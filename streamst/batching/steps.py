@@ -14,15 +14,16 @@ committed words are the same in tests/test_batching.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamst.decoding import StopRule, StopTracker, repeats_at_end
+from streamst.decoder_batch import SlotDecoder
+from streamst.decoding import Family, StopRule, StopTracker, greedy
 from streamst.features import normalize, stream_features
+from streamst.memory_cache import MemoryKV, memory_kv
 from streamst.model import Decoder, Encoder, EncoderState
 from streamst.speech_model import Hypothesis
 
@@ -46,7 +47,7 @@ def encode_many(model: Any, audios: list[Tensor], states: list[Any], finals: lis
         fstates.append(fs)
     outs = encoder_step_many(model.net.encoder, feats, [s.encoder for s in states], model.chunk_frames,
                              model.left_frames, finals)
-    return [(frames, StreamState(fs, es)) for (frames, es), fs in zip(outs, fstates)]
+    return [(frames, StreamState(fs, es, st.memory)) for (frames, es), fs, st in zip(outs, fstates, states)]
 
 
 def encoder_step_many(encoder: Encoder, feats: list[Tensor], states: list[EncoderState], chunk: int, left: int,
@@ -114,129 +115,19 @@ def _encode_group(encoder: Encoder, pendings: list[Tensor], states: list[Encoder
     return [frames[i].clone() for i in range(g)], new_states
 
 
-@dataclass
-class _Row:
-    """One row's greedy continuation so far (mirrors `decoding._greedy`)."""
-
-    frames: int
-    budget: int
-    tracker: StopTracker
-    tokens: list
-    rows: list
-    last_attn: Tensor
-    score: float = 0.0
-    ended: bool = False
-
-
 @torch.inference_mode()
 def greedy_many(decoder: Decoder, memories: list[Tensor], prefixes: list[list[int]], bos: int, eos: int,
                 max_tokens: list[int], stops: list[StopRule | None] | None = None,
-                word_start_ids: frozenset[int] = frozenset()) -> list[Hypothesis]:
-    """`decoding.decode(..., beam=1)` for every (memory [S_i, d], prefix, budget, stop rule) row, as one batch."""
-    b = len(memories)
-    lengths = [m.shape[0] for m in memories]
-    s_max = max(lengths)
-    memory = memories[0].new_zeros(b, s_max, memories[0].shape[1])
-    for i, m in enumerate(memories):
-        memory[i, : m.shape[0]] = m
-    mem_mask = None
-    if min(lengths) < s_max:
-        mem_mask = torch.arange(s_max)[None, :] < torch.tensor(lengths)[:, None]
-    mem_kv = decoder.project_memory(memory)
-    starts = [[bos] + p for p in prefixes]
-    t_max = max(len(s) for s in starts)
-    tokens = torch.full((b, t_max), bos, dtype=torch.long)
-    for i, s in enumerate(starts):
-        tokens[i, : len(s)] = torch.tensor(s)
-    last = torch.tensor([len(s) - 1 for s in starts])
-    logits, caches, attn = _prefix_pass(decoder, tokens, last, mem_kv, mem_mask)
-    logp = logits.log_softmax(-1)
-    prefix_attn = [attn[:, i, :, : len(p), : lengths[i]] if p else None for i, p in enumerate(prefixes)]
-    stops = stops or [None] * b
-    state = [_Row(lengths[i], max_tokens[i], StopTracker(stops[i], word_start_ids), [], [],
-                  attn[:, i, :, int(last[i]):int(last[i]) + 1, : lengths[i]]) for i in range(b)]
-    # self-attention keys/values in fixed buffers: row i's next token writes slot lens[i] (no copy per token)
-    room = t_max + max(max_tokens)
-    buffers = []
-    for k, v in caches:
-        kb, vb = k.new_zeros(b, k.shape[1], room, k.shape[3]), v.new_zeros(b, v.shape[1], room, v.shape[3])
-        kb[:, :, :t_max], vb[:, :, :t_max] = k, v
-        buffers.append((kb, vb))
-    mem_kv = [(k.contiguous(), v.contiguous()) for k, v in mem_kv]  # k.T @ q without a copy per token
-    lens = last + 1  # per batch row: real keys so far == position of its next token
-    slot = list(range(b))  # per batch row: its request, or -1 once finished (it rides along until compaction)
-    step = 0
-    while True:
-        alive, next_tokens = [], []
-        best = logp.argmax(-1)
-        best_logp = logp.gather(1, best[:, None])[:, 0].tolist()
-        best = best.tolist()
-        for j, i in enumerate(slot):
-            if i < 0:
-                continue
-            row = state[i]
-            if step >= row.budget:
-                continue
-            tok = best[j]
-            if tok == eos:
-                row.ended = True
-                continue
-            row.score += best_logp[j]
-            row.tokens.append(tok)
-            row.rows.append(row.last_attn)
-            if row.tracker.add(tok, row.last_attn) or repeats_at_end(row.tokens) or len(row.tokens) >= row.budget:
-                continue
-            alive.append(j)
-            next_tokens.append(tok)
-        if not alive:
-            break
-        if 4 * len(alive) <= 3 * len(slot):  # a quarter of the rows are done: stop computing them
-            idx = torch.tensor(alive)
-            buffers = [(k[idx], v[idx]) for k, v in buffers]
-            mem_kv = [(k[idx], v[idx]) for k, v in mem_kv]
-            mem_mask = None if mem_mask is None else mem_mask[idx]
-            lens = lens[idx]
-            slot, alive = [slot[j] for j in alive], list(range(len(alive)))
-        toks = torch.full((len(slot), 1), bos, dtype=torch.long)
-        toks[alive, 0] = torch.tensor(next_tokens)
-        logits, w = _decoder_step(decoder, toks, lens, mem_kv, mem_mask, buffers)
-        logp = logits[:, -1].log_softmax(-1)
-        moved = torch.zeros(len(slot), dtype=torch.long)
-        moved[alive] = 1
-        lens = lens + moved
-        still = set(alive)
-        for j, i in enumerate(slot):
-            if j in still:
-                state[i].last_attn = w[:, j, :, :, : state[i].frames]
-            else:
-                slot[j] = -1
-        step += 1
-    hyps = []
-    for i, row in enumerate(state):
-        attention = torch.cat(row.rows, dim=2) if row.rows else row.last_attn[:, :, :0]
-        hyps.append(Hypothesis(tokens=row.tokens, attention=attention, ended=row.ended, score=row.score,
-                               prefix_attention=prefix_attn[i]))
-    return hyps
-
-
-def _prefix_pass(decoder: Decoder, tokens: Tensor, last: Tensor, mem_kv, mem_mask):
-    """`Decoder.forward` over right-padded [B, T] tokens (causal queries never see the padding after them), with
-    the logits [B, V] of each row's last real position only."""
-    x = decoder.inputs(tokens, torch.arange(tokens.shape[1]))
-    caches, attn = [], []
-    for layer, layer_mem in zip(decoder.layers, mem_kv):
-        x, cache, w = layer(x, layer_mem, mem_mask)
-        caches.append(cache)
-        attn.append(w)
-    return decoder.logits(x[torch.arange(tokens.shape[0]), last]), caches, torch.stack(attn)
-
-
-def _decoder_step(decoder: Decoder, tokens: Tensor, lens: Tensor, mem_kv, mem_mask, buffers):
-    """`Decoder.forward` for one new token per row at position `lens[i]`; its key/value go into slot `lens[i]` of
-    the row's buffers, and it attends to slots 0..lens[i]. Returns logits [B, 1, V] and cross-attention."""
-    x = decoder.inputs(tokens, lens[:, None])
-    attn = []
-    for layer, (kb, vb), layer_mem in zip(decoder.layers, buffers, mem_kv):
-        x, _, w = layer(x, layer_mem, mem_mask, slots=(kb, vb, lens))
-        attn.append(w)
-    return decoder.logits(x), torch.stack(attn)
+                word_start_ids: frozenset[int] = frozenset(),
+                caches: list[MemoryKV | None] | None = None) -> tuple[list[Hypothesis], list[MemoryKV]]:
+    """`decoding.decode(..., beam=1)` for every (memory [S_i, d], prefix, budget, stop rule) row, as one batch:
+    the one greedy loop over the slot-buffer decoder. `caches` are the rows' memory keys/values so far (a stream's
+    model state keeps them); the extended ones come back with the hypotheses."""
+    caches = [memory_kv(decoder, m, c) for m, c in zip(memories, caches or [None] * len(memories))]
+    run = SlotDecoder(decoder, [c.kv for c in caches], prefixes, bos, max(max_tokens))
+    stops = stops or [None] * len(memories)
+    hyps = greedy(run.logits, run.first_rows, run.step, max_tokens,
+                  [StopTracker(s, word_start_ids) for s in stops], Family(eos))
+    for hyp, pre in zip(hyps, run.prefix_attention):
+        hyp.prefix_attention = pre
+    return hyps, caches

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamst.decoding import StopRule, StopTracker
+from streamst.decoding import Family, StopRule, StopTracker, cut_loop, greedy
 from streamst.speech_model import Hypothesis
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import (
@@ -260,18 +260,21 @@ class WhisperStreamingModel:
                     return Hypothesis([], empty_att, True, 0.0, prefix_out), state
         if beam > 1:
             tokens, rows, ended, score = self._beam_search(last_logits, cache, beam, max_tokens)
+            tokens, rows, looped = cut_loop(tokens, rows)
+            ended = ended or looped
+            attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, features.shape[0])
         else:
-            if stop is not None and not self.attention_stop:
-                stop = StopRule(max_words=stop.max_words)
-            tracker = StopTracker(stop, self.tokenizer.word_start_ids)
-            tokens, rows, ended, score = self._greedy(last_logits, cross, cache, max_tokens, tracker)
-        tokens, rows, looped = cut_repetition(tokens, rows)
-        attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, features.shape[0])
+            family = Family(self.tokenizer.eot, suppress=lambda x, index: self._masked(x, first=index == 0),
+                            input_rows=True, attention_stop=self.attention_stop, peek_end=True)
+            run = _CacheStep(self, cache)
+            hyp = greedy(last_logits[None], [torch.zeros(*self._att_shape(), 1, features.shape[0])], run.step,
+                         [max_tokens], [StopTracker(stop, self.tokenizer.word_start_ids)], family)[0]
+            tokens, attention, ended, score = hyp.tokens, hyp.attention, hyp.ended, hyp.score
         attention = self._fold(attention, n_real)
         if not info.session_drops:
             boundaries = self._word_boundaries(forced, self._fold(prefix_att, n_real), attention)
             state = replace(state, info=replace(info, boundaries=boundaries))
-        return Hypothesis(tokens, attention, ended or looped, score, prefix_out), state
+        return Hypothesis(tokens, attention, ended, score, prefix_out), state
 
     def _logits(self, hidden: Tensor) -> Tensor:
         """Float logits of final decoder states; with `half_logits` the output projection reads an fp16 copy of the
@@ -326,29 +329,6 @@ class WhisperStreamingModel:
             last = max((aligned[i] for i in range(a, b) if spoken[i]), default=0)
             out.append((b, min(last + 1, following), following))
         return out[::-1]
-
-    def _greedy(self, last_logits: Tensor, cross: list[Tensor], cache, max_tokens: int, tracker: StopTracker):
-        tokens: list[int] = []
-        rows: list[Tensor] = []
-        score = 0.0
-        logits = last_logits
-        for step in range(max_tokens + 1):
-            logprobs = self._masked(logits, first=step == 0).log_softmax(-1)
-            token = int(logprobs.argmax())
-            if token == self.tokenizer.eot:
-                return tokens, rows, True, score
-            if step == max_tokens:
-                break
-            score += float(logprobs[token])
-            tokens.append(token)
-            out, cross, cache = self.net.decoder(torch.tensor([[token]]), cache, project=False)
-            rows.append(self._select(cross))
-            logits = self._logits(out[0, -1])
-            if len(tokens) >= 6 and cut_repetition(tokens, rows)[2]:
-                break
-            if tracker.add(token, rows[-1] if self.attention_stop else None):
-                break
-        return tokens, rows, False, score
 
     def _beam_search(self, last_logits: Tensor, cache, beam: int, max_tokens: int):
         """Beam search as OpenAI's decoder does it: of the expansions ranked by summed log-probability, an EOT
@@ -436,18 +416,12 @@ def language_from_logits(logits: Tensor, language_ids: dict[str, int]) -> str:
     return codes[int(scores.argmax())]
 
 
-def cut_repetition(tokens: list[int], rows: list[Tensor], min_repeats: int = 3, max_unit: int = 16):
-    """Detect a loop at the end (a unit of 1..max_unit tokens repeated min_repeats+ times; 5+ for one token)
-    and keep only its first occurrence; returns (tokens, rows, looped)."""
-    n = len(tokens)
-    for unit in range(1, max_unit + 1):
-        repeats = 5 if unit == 1 else min_repeats
-        if n < unit * repeats:
-            break
-        tail = tokens[n - unit:]
-        if all(tokens[n - unit * (r + 1): n - unit * r] == tail for r in range(repeats)):
-            start = n - unit * repeats
-            while start - unit >= 0 and tokens[start - unit: start] == tail:
-                start -= unit
-            return tokens[: start + unit], rows[: start + unit], True
-    return tokens, rows, False
+class _CacheStep:
+    """Whisper's decoder as the one loop's `Step` for one row: feeds a token, keeps the growing cache."""
+
+    def __init__(self, model: WhisperStreamingModel, cache):
+        self.model, self.cache = model, cache
+
+    def step(self, rows: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
+        out, cross, self.cache = self.model.net.decoder(torch.tensor([tokens]), self.cache, project=False)
+        return self.model._logits(out[0, -1])[None], [self.model._select(cross)]
