@@ -9,9 +9,12 @@ import torch
 pytest.importorskip("onnx")
 
 from streamst.batching.device import BatchedFbank, DeviceScheduler, audio_bank  # noqa: E402
+from streamst.batching.realtime import measure  # noqa: E402
 from streamst.cli import main  # noqa: E402
+from streamst.decoding import decode  # noqa: E402
 from streamst.features import fbank  # noqa: E402
-from streamst.batching.simulated import BatchScheduler, StepRunner  # noqa: E402
+from streamst.policies import parse_policy  # noqa: E402
+from streamst.testing import read_wav  # noqa: E402
 
 KEYS = ["rtf", "chunk_ms_p95_10s", "chunk_ms_p95_600s", "recompute_over_cached_60s", "onnx_over_torch_speedup",
         "max_realtime_streams", "peak_rss_mb", "int8_rtf", "int8_over_fp32_speedup"]
@@ -34,6 +37,14 @@ def test_bench_json_has_every_figure(tiny_model_path, capsys):
     assert {"torch", "onnx", "int8"} <= set(q) and "wer" in q["int8"]  # the tiny model is an ASR model
 
 
+def test_stream_count_search_runs_the_servers_batched_step_with_its_policy(tiny_model, tiny_corpus):
+    """`streamst bench`'s stream count comes from real Sessions through `step_sessions`: the policy's own rounds."""
+    audio = read_wav(tiny_corpus[0][0])[0]
+    load = measure(tiny_model, parse_policy("streamatt"), 3, audio, ticks=2, warm_chunks=2)
+    assert load.rounds >= 2 and 1.0 <= load.mean_batch <= 3.0
+    assert load.p95_ms > 0 and load.stream_chunk_ms > 0
+
+
 def test_bench_rejects_a_missing_model(tmp_path, capsys):
     assert main(["bench", "--quick", "--model", str(tmp_path / "none.pt")]) == 2
     assert "not found" in capsys.readouterr().err
@@ -52,16 +63,33 @@ def test_batched_fbank_equals_kaldi_fbank():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
+class BoundedReference:
+    """What the device scheduler computes, from the model's own lone calls: the cached encoder step per stream,
+    a window of the last `memory_frames` frames, the last 16 prefix tokens, 4 greedy tokens of the one decode
+    loop, every token before an end committed (AlignAtt off)."""
+
+    def __init__(self, model, memory_frames: int):
+        self.model, self.frames = model, memory_frames
+        self.state, self.memory, self.prefix = model.init_state(), None, []
+
+    def step(self, audio: torch.Tensor) -> list[int]:
+        frames, self.state = self.model.encode(audio, self.state)
+        memory = frames if self.memory is None else torch.cat([self.memory, frames])
+        self.memory = memory[-self.frames:]
+        tok = self.model.tokenizer
+        hyp = decode(self.model.net.decoder, self.memory, self.prefix, tok.bos, tok.eos, max_tokens=4)
+        self.prefix = (self.prefix + hyp.tokens)[-16:]
+        return hyp.tokens
+
+
 def _run_both(tiny_model, dtype: str, steps: int = 10):
     """Three streams of different ages (the third joins after 3 chunks) through the device scheduler and the
-    onnx-graph BatchScheduler in torch; AlignAtt off (frames=0) so both commit every token before eos."""
+    lone reference; AlignAtt off (frames=0) so both commit every token before eos."""
     tok = tiny_model.tokenizer
     dev = DeviceScheduler(tiny_model.net, tiny_model.mean, tiny_model.std, bos=tok.bos, eos=tok.eos, dtype=dtype,
                           memory_frames=40, alignatt_frames=0)
     dev.allocate(3)
-    ref = BatchScheduler(StepRunner(tiny_model.net.cfg, net=tiny_model.net), tiny_model.mean, tiny_model.std,
-                         bos=tok.bos, eos=tok.eos, memory_frames=40)
-    slots = [ref.new_stream() for _ in range(3)]
+    refs = [BoundedReference(tiny_model, 40) for _ in range(3)]
     bank = audio_bank(torch.device("cpu"))
     got, want = [], []
     for k in range(steps):
@@ -69,7 +97,7 @@ def _run_both(tiny_model, dtype: str, steps: int = 10):
         audio = bank[(rows + k) % 8]
         tokens, committed = dev.step(rows, audio)
         got += [tokens[i, :committed[i]].tolist() for i in range(len(rows))]
-        want += ref.step(slots[:len(rows)], list(audio))
+        want += [refs[i].step(audio[i]) for i in range(len(rows))]
     return got, want, dev
 
 

@@ -12,10 +12,11 @@ from streamst.audio import AudioFormat  # noqa: E402
 from streamst.bench_quality import Utterance, agreement, compare_backends  # noqa: E402
 from streamst.cli import main  # noqa: E402
 from streamst.events import Word  # noqa: E402
-from streamst.onnx_backend import load_onnx_model  # noqa: E402
+from streamst.onnx_backend import load_onnx_model, make_session  # noqa: E402
 from streamst.onnx_export import export_onnx  # noqa: E402
 from streamst.policies import parse_policy  # noqa: E402
-from streamst.batching.simulated import BatchScheduler, StepRunner, greedy_batch  # noqa: E402
+from streamst.batching.steps import greedy_many  # noqa: E402
+from streamst.decoding import decode  # noqa: E402
 from streamst.session import Session  # noqa: E402
 from streamst.testing import read_wav  # noqa: E402
 
@@ -34,7 +35,7 @@ def test_encoder_graph_equals_torch_steps_for_two_streams_of_different_ages(tiny
     """One batched call over two streams (one fresh, one 3 chunks old), several chunks at once, matches
     the torch encoder stepping each stream chunk by chunk."""
     net, cfg = tiny_model.net, tiny_model.net.cfg
-    runner = StepRunner(cfg, onnx_dir=onnx_dir)
+    encoder = make_session(onnx_dir / "encoder.onnx")
     torch.manual_seed(0)
     c = cfg.chunk_frames
     old = torch.randn(1, 4 * 3 * c, cfg.n_mels)
@@ -52,7 +53,7 @@ def test_encoder_graph_equals_torch_steps_for_two_streams_of_different_ages(tiny
              "sub2": torch.cat([fresh.sub[1], st_old.sub[1]]).numpy(), "kv": torch.cat([kv_fresh, kv_old], 1).numpy(),
              "conv": torch.cat([torch.stack(fresh.conv), torch.stack(st_old.conv)], 1).numpy(),
              "frames": np.array([0, 3 * c])}
-    out = runner.encoder(feeds)[0]
+    out = encoder.run(None, feeds)[0]
     np.testing.assert_allclose(out[0], want_fresh[0].numpy(), atol=1e-4)
     np.testing.assert_allclose(out[1], want_old[0].numpy(), atol=1e-4)
 
@@ -134,16 +135,19 @@ def test_onnx_beam_search_matches_torch(tiny_model, onnx_model, tiny_corpus):
         assert got and got == _events(tiny_model, audio, "alignatt:frames=6", beam=3)[0]
 
 
-def test_batched_greedy_with_padding_equals_one_stream_at_a_time(tiny_model, onnx_dir):
+def test_the_one_greedy_loop_gives_the_same_rows_over_onnx_torch_and_the_torch_batch(tiny_model, onnx_model):
+    """Memories and prefixes of different lengths: the ONNX decoder graphs one row at a time, the torch decoder
+    one row at a time and the torch decoder's padded batch write the same tokens under the one loop."""
     cfg = tiny_model.net.cfg
+    tok = tiny_model.tokenizer
     torch.manual_seed(1)
     memories = [torch.randn(n, cfg.d_model) for n in (4, 19, 33)]
     prefixes = [[], [5, 6, 7, 8], [9]]
-    want = [tiny_model.decode(m, p, None, max_tokens=5)[0].tokens for m, p in zip(memories, prefixes)]
-    for runner in (StepRunner(cfg, onnx_dir=onnx_dir), StepRunner(cfg, net=tiny_model.net)):
-        got = greedy_batch(runner, [m.numpy() for m in memories], prefixes, tiny_model.tokenizer.bos,
-                           tiny_model.tokenizer.eos, 5)
-        assert got == want, runner.backend
+    want = [decode(tiny_model.net.decoder, m, p, tok.bos, tok.eos, max_tokens=5).tokens
+            for m, p in zip(memories, prefixes)]
+    onnx = [decode(onnx_model.decoder, m, p, tok.bos, tok.eos, max_tokens=5).tokens for m, p in zip(memories, prefixes)]
+    batch = [h.tokens for h in greedy_many(tiny_model.net.decoder, memories, prefixes, tok.bos, tok.eos, [5] * 3)[0]]
+    assert onnx == want and batch == want and any(want)
 
 
 def _state_shapes(value) -> list[tuple]:
@@ -170,19 +174,6 @@ def test_per_chunk_state_size_stays_flat(tiny_model, onnx_model, backend):
             shapes[i] = _state_shapes(state)
     assert len(shapes[10]) >= 4
     assert shapes[10] == shapes[150]
-
-
-def test_batch_scheduler_slot_state_stays_flat(tiny_model, onnx_dir):
-    sched = BatchScheduler(StepRunner(tiny_model.net.cfg, onnx_dir=onnx_dir), tiny_model.mean, tiny_model.std,
-                           bos=tiny_model.tokenizer.bos, eos=tiny_model.tokenizer.eos, memory_frames=40)
-    slots = [sched.new_stream() for _ in range(3)]
-    rng = np.random.default_rng(0)
-    sizes = []
-    for _ in range(30):
-        sched.step(slots, [torch.from_numpy(rng.standard_normal(5120).astype(np.float32) * 0.1) for _ in slots])
-        sizes.append([(s.kv.shape, s.conv.shape, s.memory.shape, len(s.prefix)) for s in slots])
-    assert sizes[10] == sizes[-1]
-    assert slots[0].frames == 30 * tiny_model.net.cfg.chunk_frames
 
 
 def test_export_cli_int8_keeps_most_words_through_the_session(tiny_model_path, tiny_model, tiny_corpus, onnx_model,

@@ -2,6 +2,6 @@
 
 - `steps`: the torch encoder step over stacked caches and batched greedy decoding (what the server runs);
 - `sessions`: one chunk for many `Session`s through those steps, policies per stream, failures isolated;
-- `device`: every stream's state in one set of device tensors, features to AlignAtt batched (`bench --device`);
-- `simulated`: the ONNX/numpy step graphs batched, for `streamst bench`'s stream-count simulation.
+- `realtime`: how many real-time streams `step_sessions` carries (`streamst bench`), on a virtual clock;
+- `device`: every stream's state in one set of device tensors, features to AlignAtt batched (`bench --device`).
 """

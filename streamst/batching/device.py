@@ -282,7 +282,7 @@ def time_batches(sched: DeviceScheduler, sizes: list[int], reps: int) -> dict[in
 
 
 def simulate(sched: DeviceScheduler, n: int, ticks: int) -> float:
-    """Single worker, virtual clock (as streamst.commands.bench.simulate): n staggered streams each send 320 ms
+    """Single worker, virtual clock (as `streamst.batching.realtime.measure`): n staggered streams each send 320 ms
     in real time; each step serves every chunk that has arrived. Returns the p95 added delay in ms (inf when
     the device runs out of memory)."""
     try:

@@ -2,14 +2,16 @@
 
 Measures, in one run: per-chunk encoder and decoder time (p50/p95) at 10 s, 60 s and 600 s into a stream for
 torch eager and onnxruntime; a naive baseline that re-encodes all audio so far at every chunk; the
-single-stream real-time factor; how many real-time streams the batching scheduler carries (p95 added delay
-under 300 ms, simulated on a virtual clock with the real batched compute); peak RSS; and what int8 costs:
+single-stream real-time factor; how many real-time streams the server's batched step carries (real Sessions with
+the server's policy and stop rules through `step_sessions`, p95 added delay under 300 ms on a virtual clock with
+the real batched compute: `streamst.batching.realtime`); peak RSS; and what int8 costs:
 the int8 export's speed and its committed words against fp32 onnx and torch on real speech (the shipped sample,
 or --quality-data).
 With --device (cpu or cuda) it measures the device scheduler instead (streamst.batching.device): every stream's
 state on the device, batched features, encoder and decoder steps in --dtype, AlignAtt, CUDA graphs on a GPU.
-The decoder works on a bounded context (the last 10 s of encoder frames, the last 16 prefix tokens) and
-writes up to 4 greedy tokens per 320 ms chunk, so its cost is the same at 10 s and at 600 s by design.
+The per-chunk timings and the device scheduler work on a bounded context (the last 10 s of encoder frames, the
+last 16 prefix tokens) and write up to 4 greedy tokens per 320 ms chunk, so their cost is the same at 10 s and
+at 600 s by design.
 """
 from __future__ import annotations
 
@@ -58,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "features, encoder, decoder and AlignAtt for all streams in one batch")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the step graphs with --device (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--policy", default="streamatt:frames=4,history_words=20",
+                        help="policy of the streams in the stream-count search (default: the server's)")
+    parser.add_argument("--audio", help="16 kHz speech the searched streams send, looped (default: the shipped "
+                                        "sample)")
+    parser.add_argument("--max-batch", type=int, default=32, help="streams per batched step, as `serve --max-batch`")
     parser.add_argument("--max-streams", type=int,
                         help="cap of the real-time streams search (default 1024, or 65536 with --device cuda)")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="with --device cuda: run the encoder eagerly")
@@ -187,67 +194,6 @@ def recompute_timings(model, positions_s: list[float], reps: int) -> dict:
     return out
 
 
-def max_realtime_streams(scheduler, ticks: int, cap: int = 1024, bound_ms: float = BOUND_MS,
-                         simulate_fn=None) -> tuple[int, dict]:
-    """Largest N whose p95 added delay stays under the bound (doubling, then bisection); returns N and the
-    p95 of every N tried. simulate_fn(scheduler, n, ticks) -> p95 ms (default: `simulate`)."""
-    tried: dict[int, float] = {}
-    simulate_fn = simulate_fn or simulate
-
-    def ok(n: int) -> bool:
-        tried[n] = simulate_fn(scheduler, n, ticks)
-        return tried[n] < bound_ms
-
-    if not ok(1):
-        return 0, tried
-    good, bad = 1, None
-    while bad is None and good < cap:
-        n = min(good * 2, cap)
-        if ok(n):
-            good = n
-        else:
-            bad = n
-    while bad is not None and bad - good > max(1, good // 8):
-        mid = (good + bad) // 2
-        if ok(mid):
-            good = mid
-        else:
-            bad = mid
-    return good, tried
-
-
-def simulate(scheduler, n: int, ticks: int) -> float:
-    """Single worker, virtual clock: streams start evenly staggered, each sends a 320 ms chunk in real time;
-    the worker batches every chunk that has arrived; a batch costs its measured compute. Returns p95 added
-    delay in ms (chunk arrival to its tokens)."""
-    rng = np.random.default_rng(n)
-    cfg = scheduler.cfg
-    slots = [scheduler.new_stream() for _ in range(n)]
-    for s in slots:  # start at the bounded steady state: a full memory window and prefix
-        s.memory = rng.standard_normal((MEMORY_FRAMES, cfg.d_model)).astype(np.float32)
-        s.prefix = [int(t) for t in rng.integers(4, cfg.tgt_vocab, PREFIX_TOKENS)]
-    offsets = np.arange(n) * CHUNK_S / n
-    arrivals = sorted((offsets[i] + (k + 1) * CHUNK_S, i, k) for i in range(n) for k in range(ticks))
-    audio = [synthetic_chunk(i) for i in range(8)]
-    clock, j, delays = 0.0, 0, []
-    while j < len(arrivals):
-        clock = max(clock, arrivals[j][0])
-        batch = []
-        while j < len(arrivals) and arrivals[j][0] <= clock:
-            batch.append(arrivals[j])
-            j += 1
-        per_stream: dict[int, list] = {}
-        for arr in batch:
-            per_stream.setdefault(arr[1], []).append(arr)
-        ids = list(per_stream)
-        t0 = time.perf_counter()
-        scheduler.step([slots[i] for i in ids],
-                       [torch.cat([audio[(k + i) % 8] for _, _, k in per_stream[i]]) for i in ids])
-        clock += time.perf_counter() - t0
-        delays += [clock - a for a, _, _ in batch]
-    return pct(delays, 95)
-
-
 def session_rtf(model, seconds: float) -> float:
     """The real Session loop (wait-k) on synthetic audio: compute over audio duration."""
     from streamst.policies import parse_policy
@@ -264,7 +210,6 @@ def run(args: argparse.Namespace) -> int:
     from streamst.checkpoint import load_model
     from streamst.onnx_backend import load_onnx_model
     from streamst.onnx_export import export_onnx
-    from streamst.batching.simulated import BatchScheduler, StepRunner
 
     t_start = time.perf_counter()
     if args.dtype and not args.device:
@@ -372,16 +317,7 @@ def run(args: argparse.Namespace) -> int:
         int8_dir.cleanup()
     res["session_rtf"] = session_rtf(models[args.backend], 5.0 if args.quick else 20.0)
     log(f"{args.backend} Session loop (wait-k, the model's own decoding) RTF {res['session_rtf']:.4f}")
-    runner = StepRunner(cfg, onnx_dir=tmp.name, threads=args.threads) if args.backend == "onnx" else \
-        StepRunner(cfg, net=torch_model.net)
-    tok = torch_model.tokenizer
-    scheduler = BatchScheduler(runner, torch_model.mean, torch_model.std, bos=tok.bos, eos=tok.eos,
-                               memory_frames=MEMORY_FRAMES, prefix_tokens=PREFIX_TOKENS, new_tokens=NEW_TOKENS)
-    n, tried = max_realtime_streams(scheduler, ticks=4 if args.quick else 8, cap=args.max_streams or 1024)
-    res["max_realtime_streams"] = n
-    res["scheduler_p95_ms"] = {str(k): round(v, 1) for k, v in sorted(tried.items())}
-    log(f"{args.backend} batching scheduler: {n} real-time streams with p95 added delay < {BOUND_MS:.0f} ms "
-        f"(p95 ms by streams: {res['scheduler_p95_ms']})")
+    res.update(server_streams(args, models[args.backend], log))
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     if args.whisper_minutes > 0 and not args.model and not args.random_model:
         res["causal_whisper"] = causal_whisper_figures(args, log)
@@ -391,6 +327,40 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res))
     return 0
+
+
+def server_streams(args: argparse.Namespace, model, log) -> dict:
+    """Real-time streams on the server's own batched step (`streamst.batching.realtime`), with --policy."""
+    from streamst.batching.realtime import max_realtime_streams, measure
+    from streamst.policies import parse_policy
+
+    audio = bench_audio(args.audio)
+    policy = parse_policy(args.policy)
+    ticks, warm = (4, 8) if args.quick else (8, 16)
+    n, tried = max_realtime_streams(lambda k: measure(model, policy, k, audio, ticks=ticks, warm_chunks=warm,
+                                                      max_batch=args.max_batch),
+                                    cap=args.max_streams or 1024, bound_ms=BOUND_MS)
+    res = {"max_realtime_streams": n, "scheduler_policy": args.policy,
+           "scheduler_p95_ms": {str(k): round(v.p95_ms, 1) for k, v in sorted(tried.items())},
+           "scheduler_stream_chunk_ms": {str(k): round(v.stream_chunk_ms, 2) for k, v in sorted(tried.items())}}
+    log(f"{args.backend} server batched step ({args.policy}): {n} real-time streams with p95 added delay < "
+        f"{BOUND_MS:.0f} ms (p95 ms by streams: {res['scheduler_p95_ms']}; compute per stream-chunk, ms: "
+        f"{res['scheduler_stream_chunk_ms']})")
+    return res
+
+
+def bench_audio(path: str | None) -> np.ndarray:
+    """16 kHz mono float32 speech for the stream-count search: --audio, else the shipped sample."""
+    from pathlib import Path
+
+    from streamst.audio import read_audio
+
+    if path is None:
+        path = str(Path(__file__).resolve().parents[1] / "assets" / "sample-en.wav")
+    audio, rate = read_audio(path)
+    if rate != 16000:
+        raise ValueError(f"--audio must be 16 kHz, got {rate} Hz")
+    return np.ascontiguousarray(audio[:, 0], dtype=np.float32)
 
 
 def causal_whisper_figures(args: argparse.Namespace, log) -> dict | None:
@@ -431,6 +401,7 @@ def int8_quality(args: argparse.Namespace, models: dict, log) -> dict:
 def run_device(args: argparse.Namespace, torch_model, source: str, log) -> dict:
     """The device scheduler: single-stream chunk time, step time by batch size, real-time streams."""
     from streamst.batching.device import DeviceScheduler, simulate, time_batches
+    from streamst.batching.realtime import Load, max_realtime_streams
 
     cuda = args.device.startswith("cuda")
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
@@ -455,9 +426,11 @@ def run_device(args: argparse.Namespace, torch_model, source: str, log) -> dict:
     log("step time by batch (all streams at once): " + ", ".join(
         f"{n}: {pct(t, 50):.1f} ms ({n * CHUNK_S / np.median(t):.0f} streams/worker)" for n, t in steps.items()))
     cap = args.max_streams or (65536 if cuda else 1024)
-    n, tried = max_realtime_streams(sched, ticks=4 if args.quick else 8, cap=cap, simulate_fn=simulate)
+    ticks = 4 if args.quick else 8
+    n, tried = max_realtime_streams(lambda k: Load(simulate(sched, k, ticks), float("nan"), 0, float("nan")),
+                                    cap=cap, bound_ms=BOUND_MS)
     res["max_realtime_streams"] = n
-    res["scheduler_p95_ms"] = {str(k): round(v, 1) for k, v in sorted(tried.items())}
+    res["scheduler_p95_ms"] = {str(k): round(v.p95_ms, 1) for k, v in sorted(tried.items())}
     log(f"{args.device} {dtype} device scheduler: {n} real-time streams with p95 added delay < {BOUND_MS:.0f} ms "
         f"(p95 ms by streams: {res['scheduler_p95_ms']})")
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
