@@ -108,6 +108,24 @@ class RelPosSelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, t, -1)), kv
 
 
+    def step(self, x: Tensor, rel: Tensor, mask: Tensor, kv_cache: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention by hand with explicit masks (what the ONNX graph runs): rel [T, S] distances (query minus
+        key), mask [B, T, S], kv_cache [B, 2, L, d]. Returns output [B, T, d] and the keys/values [B, 2, L + T, d]."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        kv = torch.cat([kv_cache, torch.stack([k, v], dim=1)], dim=2)
+        s = kv.shape[2]
+        k, v = kv[:, 0], kv[:, 1]
+        q = q.reshape(b, t, self.h, self.dk).transpose(1, 2)
+        k = k.reshape(b, s, self.h, self.dk).transpose(1, 2)
+        v = v.reshape(b, s, self.h, self.dk).transpose(1, 2)
+        bias = self.rel_bias[:, rel.clamp(-self.max_rel, self.max_rel) + self.max_rel]  # [H, T, S]
+        scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(self.dk)) + bias[None]
+        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+        y = scores.softmax(-1) @ v
+        return self.out(y.transpose(1, 2).reshape(b, t, d)), kv
+
+
 class CausalConvModule(nn.Module):
     """Conformer convolution module with a depthwise convolution that sees only past frames."""
 
@@ -150,6 +168,16 @@ class ConformerBlock(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
 
+    def step(self, x: Tensor, rel: Tensor, mask: Tensor, kv_cache: Tensor, conv_cache: Tensor):
+        """One streaming step over a fixed-size cache: rel [T, S] distances, mask [B, T, S]."""
+        x = x + 0.5 * self.ff1(x)
+        a, kv = self.attn.step(self.attn_norm(x), rel, mask, kv_cache)
+        x = x + a
+        c, conv_cache = self.conv(x, conv_cache)
+        x = x + c
+        x = self.norm(x + 0.5 * self.ff2(x))
+        return x, kv, conv_cache
+
     def forward(self, x, q_pos, k_pos, mask, kv_cache, conv_cache):
         x = x + 0.5 * self.ff1(x)
         a, kv = self.attn(self.attn_norm(x), q_pos, k_pos, mask, kv_cache)
@@ -170,11 +198,12 @@ def chunk_mask(n: int, chunk: int, left: int, device=None) -> Tensor:
 
 @dataclass
 class EncoderState:
-    """Per-stream encoder caches; their size does not depend on how long the stream has run."""
+    """Encoder caches of a fixed size, whatever the stream's age: `kv` holds `left` frames per layer (slots before
+    the stream's start hold zeros and are masked), so any streams' states stack along the batch as they are."""
 
-    sub: tuple[Tensor, Tensor]  # subsampling conv caches
-    kv: list[Tensor]  # per layer [B, 2, <=left, d]
-    conv: list[Tensor]  # per layer [B, d, kernel - 1]
+    sub: tuple[Tensor, Tensor]  # subsampling conv caches [B, 1, 2, mels], [B, C, 2, f1]
+    kv: Tensor  # [layers, B, 2, left, d]
+    conv: Tensor  # [layers, B, d, kernel - 1]
     pending: Tensor  # [B, <4*chunk... , mels] feature frames not yet encoded
     frames: int = 0  # encoder frames produced so far (absolute position of the next frame)
     extra: dict = field(default_factory=dict)
@@ -188,12 +217,12 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.enc_layers))
 
     def init_state(self, batch: int = 1, device=None) -> EncoderState:
-        d, k = self.cfg.d_model, self.cfg.conv_kernel
+        c = self.cfg
         return EncoderState(
-            sub=self.sub.init_cache(batch, self.cfg.n_mels, device),
-            kv=[torch.zeros(batch, 2, 0, d, device=device) for _ in self.layers],
-            conv=[torch.zeros(batch, d, k - 1, device=device) for _ in self.layers],
-            pending=torch.zeros(batch, 0, self.cfg.n_mels, device=device),
+            sub=self.sub.init_cache(batch, c.n_mels, device),
+            kv=torch.zeros(c.enc_layers, batch, 2, c.left_frames, c.d_model, device=device),
+            conv=torch.zeros(c.enc_layers, batch, c.d_model, c.conv_kernel - 1, device=device),
+            pending=torch.zeros(batch, 0, c.n_mels, device=device),
         )
 
     def forward(self, feats: Tensor, lengths: Tensor, chunk: int, left: int) -> tuple[Tensor, Tensor]:
@@ -206,46 +235,61 @@ class Encoder(nn.Module):
         valid = pos[None, :] < out_len[:, None]  # [B, T4]
         mask = chunk_mask(t4, chunk, left, feats.device)[None] & valid[:, None, :]
         mask = mask | ~valid[:, :, None]  # padded queries attend somewhere (their output is ignored)
-        st = self.init_state(b, feats.device)
-        for layer, conv_cache in zip(self.layers, st.conv):
-            x, _, _ = layer(x, pos, pos, mask, None, conv_cache)
+        conv = torch.zeros(b, self.cfg.d_model, self.cfg.conv_kernel - 1, device=feats.device)
+        for layer in self.layers:
+            x, _, _ = layer(x, pos, pos, mask, None, conv)
         return x, out_len
 
     def step(self, feats: Tensor, state: EncoderState, chunk: int, left: int, final: bool = False):
         """Feature frames of one stream piece -> encoder frames of every complete attention chunk.
 
         A partial chunk waits for more audio unless `final`, when it is encoded as it is (the whole-utterance
-        forward ends with the same partial chunk).
+        forward ends with the same partial chunk). A lone stream is a batch of one of `step_frames`.
         """
         pending = torch.cat([state.pending, feats], dim=1)
-        usable = pending.shape[1] // 4 * 4
-        frames_ready = usable // 4
-        n_chunks = frames_ready // chunk
-        n = frames_ready if final else n_chunks * chunk
+        n = ready_frames(pending.shape[1], chunk, final)
         if n == 0:
             return pending.new_zeros(pending.shape[0], 0, self.cfg.d_model), EncoderState(
                 state.sub, state.kv, state.conv, pending, state.frames, state.extra
             )
-        x, sub = self.sub(pending[:, : n * 4], state.sub)
+        frames = torch.full((pending.shape[0],), state.frames, dtype=torch.long, device=pending.device)
+        out, sub1, sub2, kv, conv = self.step_frames(pending[:, : n * 4], state.sub, state.kv, state.conv, frames,
+                                                     chunk, left)
         rest = pending[:, n * 4:] if not final else pending[:, :0]
-        kvs, convs = [], []
-        outs = []
-        for c0 in range(0, n, chunk):
-            xc = x[:, c0:c0 + chunk]
-            q0 = state.frames + c0
-            q_pos = torch.arange(q0, q0 + xc.shape[1], device=x.device)
-            new_kv, new_conv = [], []
-            for li, layer in enumerate(self.layers):
-                kv_cache = (kvs[li] if kvs else state.kv[li])
-                conv_cache = (convs[li] if convs else state.conv[li])
-                k_pos = torch.arange(q0 - kv_cache.shape[2], q0 + xc.shape[1], device=x.device)
-                mask = torch.ones(1, xc.shape[1], k_pos.numel(), dtype=torch.bool, device=x.device)
-                xc, kv, cc = layer(xc, q_pos, k_pos, mask, kv_cache, conv_cache)
-                new_kv.append(kv[:, :, -left:] if left > 0 else kv[:, :, :0])
-                new_conv.append(cc)
-            kvs, convs = new_kv, new_conv
-            outs.append(xc)
-        return torch.cat(outs, dim=1), EncoderState(sub, kvs, convs, rest, state.frames + n, state.extra)
+        return out, EncoderState((sub1, sub2), kv, conv, rest, state.frames + n, state.extra)
+
+    def step_frames(self, feats: Tensor, sub: tuple[Tensor, Tensor], kv: Tensor, conv: Tensor, frames: Tensor,
+                    chunk: int, left: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The one encoder step, batch-first, with fixed-size caches (the graph `streamst export-onnx` writes):
+        feats [B, 4T, mels] (T may span several chunks), caches as in `EncoderState`, frames [B] encoder frames
+        each row produced before (a multiple of `chunk`) -> (frames [B, T, d], sub caches, kv, conv).
+
+        The kv cache always holds `left` slots; slots before a row's start are masked, so rows of any ages share
+        the call."""
+        if left <= 0 or kv.shape[3] != left:
+            raise ValueError(f"the encoder step needs left_frames > 0 slots in its cache (got left={left}, "
+                             f"cache of {kv.shape[3]})")
+        x, (new_sub1, new_sub2) = self.sub(feats, sub)
+        t = x.shape[1]
+        i = torch.arange(t, device=x.device)
+        j = torch.arange(left + t, device=x.device)
+        start = (i // chunk) * chunk  # chunk start of each query, relative to this call
+        allowed = (j[None, :] >= start[:, None]) & (j[None, :] < (start + left + chunk)[:, None])  # [T, S]
+        valid = (frames[:, None] - left + j[None, :]) >= 0  # [B, S]: slots that hold a real past frame
+        mask = allowed[None] & valid[:, None, :]  # [B, T, S]
+        rel = (i[:, None] + left) - j[None, :]
+        new_kv, new_conv = [], []
+        for li, layer in enumerate(self.layers):
+            x, kv_all, cc = layer.step(x, rel, mask, kv[li], conv[li])
+            new_kv.append(kv_all[:, :, -left:])
+            new_conv.append(cc)
+        return x, new_sub1, new_sub2, torch.stack(new_kv), torch.stack(new_conv)
+
+
+def ready_frames(n_feats: int, chunk: int, final: bool) -> int:
+    """Encoder frames that n_feats pending feature frames make: whole chunks only, unless the stream ends."""
+    frames = n_feats // 4
+    return frames if final else frames // chunk * chunk
 
 
 # ---------------------------------------------------------------------------------------------- decoder

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from streamst.decoding import StopRule, decode
 from streamst.features import FeatureState, init_feature_state, normalize, stream_features
-from streamst.model import ModelConfig
+from streamst.model import ModelConfig, ready_frames
 from streamst.speech_model import Hypothesis
 from streamst.tokenizer import Tokenizer, words_from_pieces
 
@@ -140,14 +140,9 @@ class OnnxSpeechModel:
         feats = normalize(feats, self.mean, self.std).numpy()
         return np.concatenate([state.pending, feats]) if state.pending.size else feats, fstate
 
-    def ready_frames(self, n_feats: int, final: bool) -> int:
-        """Encoder frames that can be computed from n_feats pending feature frames."""
-        frames = n_feats // 4
-        return frames if final else frames // self.chunk_frames * self.chunk_frames
-
     def encode(self, audio: Tensor, state: OnnxStreamState, final: bool = False) -> tuple[Tensor, OnnxStreamState]:
         pending, fstate = self.features(audio, state)
-        n = self.ready_frames(pending.shape[0], final)
+        n = ready_frames(pending.shape[0], self.chunk_frames, final)
         if n == 0:
             return torch.zeros(0, self.cfg.d_model), OnnxStreamState(fstate, pending, state.sub1, state.sub2, state.kv,
                                                                      state.conv, state.frames)

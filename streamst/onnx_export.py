@@ -18,70 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from streamst.model import ConformerBlock, SpeechTranslator
+from streamst.model import SpeechTranslator
 
 OPSET = 18
 FILES = ("encoder.onnx", "memory.onnx", "decoder.onnx")
 
 
 class EncoderStepGraph(nn.Module):
-    """(feats [B, 4T, mels], caches, frames [B]) -> (encoder frames [B, T, d], new caches).
-
-    T may span several chunks; `frames` is how many encoder frames each row has produced before (a multiple
-    of the chunk size). The kv cache always holds `left` slots: slots before the stream's start are masked.
-    """
+    """(feats [B, 4T, mels], caches, frames [B]) -> (encoder frames [B, T, d], new caches): `Encoder.step_frames`,
+    the one encoder step (fixed-size caches, rows of any ages in one batch), as a module to export."""
 
     def __init__(self, net: SpeechTranslator, chunk: int, left: int):
         super().__init__()
         if left <= 0:
             raise ValueError("ONNX export needs a model with left_frames > 0")
-        self.sub, self.layers = net.encoder.sub, net.encoder.layers
-        self.chunk, self.left = chunk, left
+        self.encoder, self.chunk, self.left = net.encoder, chunk, left
 
     def forward(self, feats: Tensor, sub1: Tensor, sub2: Tensor, kv: Tensor, conv: Tensor, frames: Tensor):
-        x, (new_sub1, new_sub2) = self.sub(feats, (sub1, sub2))
-        t = x.shape[1]
-        left, chunk = self.left, self.chunk
-        i = torch.arange(t, device=x.device)
-        j = torch.arange(left + t, device=x.device)
-        start = (i // chunk) * chunk  # chunk start of each query, relative to this call
-        allowed = (j[None, :] >= start[:, None]) & (j[None, :] < (start + left + chunk)[:, None])  # [T, S]
-        valid = (frames[:, None] - left + j[None, :]) >= 0  # [B, S]: slots that hold a real past frame
-        mask = allowed[None] & valid[:, None, :]  # [B, T, S]
-        rel = (i[:, None] + left) - j[None, :]
-        new_kv, new_conv = [], []
-        for li, layer in enumerate(self.layers):
-            x, kv_all, cc = _conformer_step(layer, x, rel, mask, kv[li], conv[li])
-            new_kv.append(kv_all[:, :, -left:])
-            new_conv.append(cc)
-        return x, new_sub1, new_sub2, torch.stack(new_kv), torch.stack(new_conv)
-
-
-def _conformer_step(block: ConformerBlock, x: Tensor, rel: Tensor, mask: Tensor, kv_cache: Tensor, conv_cache: Tensor):
-    x = x + 0.5 * block.ff1(x)
-    a, kv = _rel_attention(block.attn, block.attn_norm(x), rel, mask, kv_cache)
-    x = x + a
-    c, conv_cache = block.conv(x, conv_cache)
-    x = x + c
-    x = block.norm(x + 0.5 * block.ff2(x))
-    return x, kv, conv_cache
-
-
-def _rel_attention(attn, x: Tensor, rel: Tensor, mask: Tensor, kv_cache: Tensor):
-    """RelPosSelfAttention by hand: rel [T, S] distances, mask [B, T, S], kv_cache [B, 2, L, d]."""
-    b, t, d = x.shape
-    q, k, v = attn.qkv(x).chunk(3, dim=-1)
-    kv = torch.cat([kv_cache, torch.stack([k, v], dim=1)], dim=2)
-    s = kv.shape[2]
-    k, v = kv[:, 0], kv[:, 1]
-    q = q.reshape(b, t, attn.h, attn.dk).transpose(1, 2)
-    k = k.reshape(b, s, attn.h, attn.dk).transpose(1, 2)
-    v = v.reshape(b, s, attn.h, attn.dk).transpose(1, 2)
-    bias = attn.rel_bias[:, rel.clamp(-attn.max_rel, attn.max_rel) + attn.max_rel]  # [H, T, S]
-    scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(attn.dk)) + bias[None]
-    scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    y = scores.softmax(-1) @ v
-    return attn.out(y.transpose(1, 2).reshape(b, t, d)), kv
+        return self.encoder.step_frames(feats, (sub1, sub2), kv, conv, frames, self.chunk, self.left)
 
 
 class MemoryGraph(nn.Module):

@@ -1,9 +1,9 @@
 """Batched model steps for many streams of one `StreamingSpeechModel`, each row computing what its stream's own
 `model.encode` / `model.decode` (greedy) would.
 
-Encoder: the caches of every stream with new audio are stacked along the batch dimension and go through the
-trained Conformer blocks in one call per chunk. Streams younger than the attention window have shorter key/value
-caches; they are left-padded and masked (only relative distances enter the attention, so positions line up).
+Encoder: the fixed-size caches of every stream with new audio are stacked along the batch dimension and go
+through `Encoder.step_frames`, the one encoder step (a lone stream's `Encoder.step` is a batch of one of it, and
+the ONNX export writes it): slots before a young stream's start are masked, so streams of any ages share a call.
 Decoder: the forced prefixes go through in one right-padded pass (causal attention never looks at the padding
 after a real token), memories are right-padded and masked, then every row continues greedily, one batched call
 per token, with its own position; finished rows leave the batch. Each row keeps the cross-attention of its
@@ -17,14 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from streamst.decoder_batch import SlotDecoder
 from streamst.decoding import Family, StopRule, StopTracker, greedy
 from streamst.features import normalize, stream_features
 from streamst.memory_cache import MemoryKV, memory_kv
-from streamst.model import Decoder, Encoder, EncoderState
+from streamst.model import Decoder, Encoder, EncoderState, ready_frames
 from streamst.speech_model import Hypothesis
 
 
@@ -54,8 +53,9 @@ def encoder_step_many(encoder: Encoder, feats: list[Tensor], states: list[Encode
                       finals: list[bool]) -> list[tuple[Tensor, EncoderState]]:
     """`Encoder.step` for many streams: feats [1, F_i, mels] each; returns frames [n_i, d] and the new states.
 
-    Rows that produce the same number of frames share the calls; a row's new state owns its tensors (nothing
-    keeps the batch alive once the stream's state is dropped).
+    The caches have a fixed size, so they stack as they are and rows that produce the same number of frames
+    share one `Encoder.step_frames` call; a row's new state owns its tensors (nothing keeps the batch alive once
+    the stream's state is dropped).
     """
     out: list[tuple[Tensor, EncoderState] | None] = [None] * len(feats)
     groups: dict[int, list[int]] = {}
@@ -64,55 +64,24 @@ def encoder_step_many(encoder: Encoder, feats: list[Tensor], states: list[Encode
     for r, (f, st, final) in enumerate(zip(feats, states, finals)):
         pending = torch.cat([st.pending, f], dim=1)
         pendings.append(pending)
-        ready = pending.shape[1] // 4
-        n = ready if final else ready // chunk * chunk
+        n = ready_frames(pending.shape[1], chunk, final)
         if n == 0:
             out[r] = (pending.new_zeros(0, d), EncoderState(st.sub, st.kv, st.conv, pending, st.frames, st.extra))
         else:
             groups.setdefault(n, []).append(r)
     for n, rows in groups.items():
-        frames, new_states = _encode_group(encoder, [pendings[r] for r in rows], [states[r] for r in rows],
-                                           [finals[r] for r in rows], n, chunk, left)
-        for r, fr, st in zip(rows, frames, new_states):
-            out[r] = (fr, st)
+        group = [states[r] for r in rows]
+        frames = torch.tensor([s.frames for s in group])
+        x, sub1, sub2, kv, conv = encoder.step_frames(
+            torch.cat([pendings[r][:, : n * 4] for r in rows]),
+            (torch.cat([s.sub[0] for s in group]), torch.cat([s.sub[1] for s in group])),
+            torch.cat([s.kv for s in group], dim=1), torch.cat([s.conv for s in group], dim=1), frames, chunk, left)
+        for i, r in enumerate(rows):
+            rest = pendings[r][:, :0] if finals[r] else pendings[r][:, n * 4:]
+            st = EncoderState((sub1[i:i + 1].clone(), sub2[i:i + 1].clone()), kv[:, i:i + 1].clone(),
+                              conv[:, i:i + 1].clone(), rest.clone(), states[r].frames + n, states[r].extra)
+            out[r] = (x[i].clone(), st)
     return out  # type: ignore[return-value]
-
-
-def _encode_group(encoder: Encoder, pendings: list[Tensor], states: list[EncoderState], finals: list[bool], n: int,
-                  chunk: int, left: int) -> tuple[list[Tensor], list[EncoderState]]:
-    g = len(pendings)
-    x, (c1, c2) = encoder.sub(torch.cat([p[:, : n * 4] for p in pendings]),
-                              (torch.cat([s.sub[0] for s in states]), torch.cat([s.sub[1] for s in states])))
-    kvs = [list(s.kv) for s in states]  # per row, per layer [1, 2, L_i, d]
-    convs = [torch.cat([s.conv[li] for s in states]) for li in range(len(encoder.layers))]
-    outs = []
-    for c0 in range(0, n, chunk):
-        xc = x[:, c0:c0 + chunk]
-        t = xc.shape[1]
-        lens = [row[0].shape[2] for row in kvs]
-        longest = max(lens)
-        q_pos = torch.arange(longest, longest + t)
-        k_pos = torch.arange(0, longest + t)
-        if min(lens) == longest:
-            mask = torch.ones(1, t, longest + t, dtype=torch.bool)
-        else:  # young streams: pad their caches at the front and mask the padding
-            mask = torch.zeros(g, t, longest + t, dtype=torch.bool)
-            for i, length in enumerate(lens):
-                mask[i, :, longest - length:] = True
-        for li, layer in enumerate(encoder.layers):
-            cache = torch.cat([F.pad(row[li], (0, 0, longest - length, 0)) for row, length in zip(kvs, lens)])
-            xc, kv, convs[li] = layer(xc, q_pos, k_pos, mask, cache, convs[li])
-            for i, length in enumerate(lens):
-                real = kv[i:i + 1, :, longest - length:]
-                kvs[i][li] = real[:, :, -left:] if left > 0 else real[:, :, :0]
-        outs.append(xc)
-    frames = torch.cat(outs, dim=1)
-    new_states = []
-    for i, (p, st, final) in enumerate(zip(pendings, states, finals)):
-        rest = p[:, :0] if final else p[:, n * 4:]
-        new_states.append(EncoderState((c1[i:i + 1].clone(), c2[i:i + 1].clone()), [kv.clone() for kv in kvs[i]],
-                                       [c[i:i + 1].clone() for c in convs], rest.clone(), st.frames + n, st.extra))
-    return [frames[i].clone() for i in range(g)], new_states
 
 
 @torch.inference_mode()
