@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from test_server import ServeProcess, tiny_model, tiny_wavs
+from test_server import ServeProcess, offline_words, tiny_model, tiny_wavs
 
 PAD_BEFORE_S = 1.0
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -75,7 +75,6 @@ def start_chromium(url: str, wav: Path, profile: Path) -> tuple[subprocess.Popen
 def test_page_shows_the_words_from_a_fake_microphone(request, tmp_path):
     model = tiny_model(request, tmp_path)
     wav = tiny_wavs(request, tmp_path, n=1)[0]
-    expected = _expected_words(request, wav)
     # the fake microphone: the utterance inside quiet noise, as a real microphone would deliver it
     speech, rate = sf.read(str(wav), dtype="float32")
     rng = np.random.default_rng(0)
@@ -83,6 +82,10 @@ def test_page_shows_the_words_from_a_fake_microphone(request, tmp_path):
     wav = tmp_path / "mic.wav"
     sf.write(str(wav), np.concatenate([lead, speech, tail]), rate, subtype="PCM_16")
     duration = sf.info(str(wav)).duration
+    # what the model itself writes for this audio: the page must show those words (what the tiny model makes of
+    # the noise around the sentence differs between CPUs, since its training does)
+    expected = offline_words(model, wav, "offline")
+    assert expected, "the tiny model writes nothing for its own training sentence"
     # offline: the tiny model, trained on 24 sentences, invents a memorised sentence from the leading noise, and a
     # streaming policy would commit it; the words that reach the page are what this test is about
     srv = ServeProcess(tmp_path, model, "--policy", "offline")
@@ -119,21 +122,8 @@ def test_page_shows_the_words_from_a_fake_microphone(request, tmp_path):
     assert shown["done"]["stats"]["audio_s"] >= 0.8 * duration  # the whole file went through the page
     assert shown["stable"] == " ".join(shown["words"]) and shown["partial"] == ""
     assert shown["vtt"].startswith("WEBVTT")
-    if shown["words"]:
-        assert shown["srt"].startswith("1\n00:")
-    if expected:  # a trained tiny model: most of the expected words must be on the page
-        got = {w.lower().strip(".,?!") for w in shown["words"]}
-        hits = sum(w.lower().strip(".,?!") in got for w in expected)
-        assert hits >= 0.5 * len(expected), (shown["stable"], expected)
-
-
-def _expected_words(request, wav: Path) -> list[str]:
-    try:
-        corpus = request.getfixturevalue("tiny_corpus")
-    except pytest.FixtureLookupError:
-        return []
-    for item in corpus:
-        if isinstance(item, (tuple, list)) and Path(item[0]) == wav:
-            text = item[1]
-            return text.split() if isinstance(text, str) else list(text)
-    return []
+    # the browser resamples the fake microphone, so the words may differ a little from the file's
+    got = {w.lower().strip(".,?!") for w in shown["words"]}
+    hits = sum(w.lower().strip(".,?!") in got for w in expected)
+    assert hits >= 0.5 * len(expected), (shown["stable"], expected)
+    assert shown["srt"].startswith("1\n00:")

@@ -265,3 +265,21 @@ def test_train_recipe_fine_tunes_resumes_and_writes_a_loadable_model(tmp_path):
     base = CausalWhisperModel(load_whisper(TINY_EN))
     moved = model.net.encoder.blocks[0].attn.query.weight - base.net.encoder.blocks[0].attn.query.weight
     assert isinstance(model, CausalWhisperModel) and 0 < moved.abs().max() < 0.1
+
+
+@needs_weights
+def test_train_recipe_continues_from_a_shipped_model(tmp_path):
+    """`--init-model whisper-tiny.en-causal`: a new run's adapters start as the shipped ones (so a run on another
+    machine continues the shipped model instead of starting from the untrained mask)."""
+    from streamst.checkpoint import resolve_model
+    from streamst.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "causal-whisper", "--out", str(out), "--dev-every", "0", "--device", "cpu",
+                 "--init-model", "whisper-tiny.en-causal", "--steps", "0"]) == 0
+    shipped = torch.load(resolve_model("whisper-tiny.en-causal"), weights_only=True)["factors"]
+    written = torch.load(out / "model.pt", weights_only=True)["factors"]
+    assert written.keys() == shipped.keys()
+    for key, value in shipped.items():
+        torch.testing.assert_close(written[key].float(), value.float(), atol=1e-3, rtol=1e-2)
+    assert max(v.abs().max() for k, v in shipped.items() if k.endswith("lora_b")) > 0  # the shipped ones moved

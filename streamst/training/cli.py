@@ -64,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--init-model", metavar="CKPT",
                    help="start every weight, both tokenizers and CMVN from this streamst model of the same pair "
                         "(fine-tuning: its shape replaces the model options); with --recipe whisper-st, a "
-                        "translation model (e.g. en-de) whose decoder a new run starts from")
+                        "translation model (e.g. en-de) whose decoder a new run starts from; with --recipe causal-whisper, "
+                        "a causal Whisper (e.g. whisper-tiny.en-causal) whose adapters a new run starts from")
     o = p.add_argument_group("checkpoints and evaluation")
     o.add_argument("--save-every", type=int, help="updates between checkpoints (default 500)")
     o.add_argument("--keep-last", type=int, help="step checkpoints kept on disk (default 10; 0 keeps all)")
@@ -153,6 +154,7 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
 
 def run_causal_whisper(args: argparse.Namespace) -> int:
     """`--recipe causal-whisper`: LoRA fine-tuning of Whisper tiny.en for the causal encoder."""
+    from streamst.checkpoint import resolve_model
     from streamst.whisper import finetune
 
     out = Path(args.out or "runs/whisper-tiny.en-causal")
@@ -161,6 +163,8 @@ def run_causal_whisper(args: argparse.Namespace) -> int:
     argv = ["--out", str(out), "--minutes", str(args.time_limit or 60.0)]
     if args.dev_every == 0:
         argv += ["--eval-every", "0"]
+    if args.init_model:
+        argv += ["--init", str(resolve_model(args.init_model))]
     for flag, value in (("--lr", args.lr), ("--seed", args.seed), ("--device", args.device), ("--steps", args.steps)):
         if value is not None and value != "auto":
             argv += [flag, str(value)]

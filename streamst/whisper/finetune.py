@@ -33,7 +33,7 @@ from streamst.whisper import bundled_tiny_en
 from streamst.whisper.causal import causal_log_mel, encode_full
 from streamst.whisper.load import LoadedWhisper, load_whisper
 from streamst.whisper.causal_streaming import CausalWhisperModel, save_causal_checkpoint
-from streamst.whisper.lora import add_lora, lora_factors, merge_factors
+from streamst.whisper.lora import LoRALinear, add_lora, lora_factors, merge_factors
 from streamst.whisper.model import Whisper, log_mel_spectrogram
 from streamst.whisper.textnorm import corpus_wer
 from streamst.whisper.speech_pool import SpeechMaker, english_sentences, real_clips
@@ -235,6 +235,19 @@ class Trainer:
                     "extra": extra}, tmp)
         os.replace(tmp, path)
 
+    def init_from(self, path: Path) -> None:
+        """Start the adapters from a shipped causal Whisper checkpoint's factors (a new run continuing a model)."""
+        factors = torch.load(path, map_location="cpu", weights_only=True).get("factors")
+        if not factors:
+            raise ValueError(f"{path} is not a causal Whisper checkpoint (it holds no LoRA factors)")
+        for name, module in self.student.named_modules():
+            if isinstance(module, LoRALinear):
+                a, b = factors[f"{name}.weight.lora_a"], factors[f"{name}.weight.lora_b"]
+                if a.shape != module.a.shape:
+                    raise ValueError(f"{path} has rank-{a.shape[0]} adapters; this run trains rank {module.a.shape[0]}")
+                module.a.data.copy_(a.float())
+                module.b.data.copy_(b.float() / module.scale)
+
     def load(self, path: Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         params = dict(self.student.named_parameters())
@@ -267,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--producers", type=int, default=1, help="processes making speech")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--init", type=Path, help="a new run starts from this causal Whisper checkpoint's adapters")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -281,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     best = {"dev_wer": math.inf}
     if (args.out / "last.pt").exists():
         best = trainer.load(args.out / "last.pt").get("best", best)
+    elif args.init:
+        trainer.init_from(args.init)
     data = Path("/usr/share/pocketsphinx/test/data")
     dev, test = real_clips(data / "cards"), real_clips(data / "librivox")  # tuned on dev only
     queue: mp.Queue = mp.Queue(maxsize=64)
@@ -303,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     if trainer.step == 0 and args.eval_every > 0:
-        evaluate("untrained")
+        result = evaluate("init" if args.init else "untrained")
+        if args.init:  # the model started from is the one to beat
+            best = {"dev_wer": result["dev"]["alignatt:frames=4"]["wer"], "step": 0,
+                    "test_wer": {k: v["wer"] for k, v in result["test"].items()}}
     start = last_eval = time.time()
     trainer.student.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
