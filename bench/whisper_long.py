@@ -59,10 +59,19 @@ def main() -> int:
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--report-s", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--restart-on-drop", choices=["yes", "no"],
+                        help="a causal Whisper under StreamAtt: re-encode the kept audio after every drop (yes), or "
+                             "only once the window outgrows its trim length (no); default: the model's own")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     audio, reference = looped_stream(args.minutes)
     model = load_model(args.model)
+    if args.restart_on_drop is not None:  # the same checkpoint, built with the other choice
+        from streamst.checkpoint import read_checkpoint, resolve_model
+        from streamst.whisper.causal_streaming import load_causal_checkpoint
+
+        model = load_causal_checkpoint(read_checkpoint(resolve_model(args.model)),
+                                       restart_on_drop=args.restart_on_drop == "yes")
     session = Session(model, parse_policy(args.policy), chunk_ms=args.chunk_ms, beam=args.beam)
     step = session.chunker.chunk_samples
     words: list[str] = []

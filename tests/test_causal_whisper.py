@@ -247,6 +247,51 @@ def test_streamatt_writes_a_long_stream_once(tiny_causal):
 
 
 @needs_weights
+@pytest.mark.parametrize("restart_on_drop", [True, False])
+def test_a_drop_restarts_the_encoder_at_once_or_when_the_window_outgrows_its_trim(restart_on_drop):
+    """After StreamAtt drops frames, the memory is the running encoder's frames without them; the encoder restarts
+    on the kept audio at the next chunk (`restart_on_drop`), or keeps running until the window outgrows
+    `trim_after_s` and restarts there, where the memory then begins."""
+    from streamst.whisper.load import load_whisper
+
+    model = CausalWhisperModel(load_whisper(TINY_EN), trim_after_s=4.0, keep_s=2.0, restart_on_drop=restart_on_drop)
+    audio = torch.from_numpy(speechlike(6.0))
+    piece = 5120
+    running = []  # the encoder's frames with no drop at all
+    enc = init_encoder_state(model.net.encoder)
+    for p in pieces(audio.numpy(), piece):
+        frames, enc = encode_stream(model.net.encoder, p, enc, False, block=model.block, first_block=model.first_block)
+        running.append(frames)
+    running = torch.cat(running)
+    state, fed = model.init_state(), 0
+    for _ in range(5):  # 1.6 s
+        memory, state = model.encode(audio[fed: fed + piece], state)
+        fed += piece
+    state = model.drop_frames(state, 30)
+    memory, state = model.encode(audio[fed: fed + piece], state)
+    fed += piece
+    if restart_on_drop:
+        assert state.dropped == 0 and state.audio.numel() == fed - 30 * 320
+        restarted, _ = encode_stream(model.net.encoder, audio[30 * 320: fed], init_encoder_state(model.net.encoder),
+                                     False, block=model.block, first_block=model.first_block)
+        torch.testing.assert_close(memory, restarted)
+        return
+    assert state.dropped == 30 and state.audio.numel() == fed  # the encoder ran on the new audio only
+    torch.testing.assert_close(memory, running[30: 30 + memory.shape[0]])
+    while state.audio.numel() + piece <= 4 * 16000:
+        memory, state = model.encode(audio[fed: fed + piece], state)
+        fed += piece
+        assert state.dropped == 30
+    torch.testing.assert_close(memory, running[30: 30 + memory.shape[0]])
+    memory, state = model.encode(audio[fed: fed + piece], state)  # the window outgrows 4 s: restart at the drop
+    fed += piece
+    assert state.dropped == 0 and state.audio.numel() == fed - 30 * 320
+    restarted, _ = encode_stream(model.net.encoder, audio[30 * 320: fed], init_encoder_state(model.net.encoder),
+                                 False, block=model.block, first_block=model.first_block)
+    torch.testing.assert_close(memory, restarted)
+
+
+@needs_weights
 def test_train_recipe_fine_tunes_resumes_and_writes_a_loadable_model(tmp_path):
     """`streamst train --recipe causal-whisper`: two updates on speech it makes, then a resumed third; the model
     file holds only the adapters and loads as a causal Whisper whose weights moved."""

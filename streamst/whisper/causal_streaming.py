@@ -52,14 +52,14 @@ class CausalWhisperModel(WhisperStreamingModel):
 
     def __init__(self, loaded: LoadedWhisper, *, block: int = 16, first_block: int | None = None,
                  trim_after_s: float = 16.0, keep_s: float = 4.0, commit_after_s: float = 24.0,
-                 half_logits: bool = True, **options):
+                 half_logits: bool = True, restart_on_drop: bool = True, **options):
         if options.get("vad") is not None:
             raise ValueError("the causal Whisper takes no VAD: its encoder runs on every chunk anyway")
         super().__init__(loaded, trim_after_s=trim_after_s, keep_s=keep_s, commit_after_s=commit_after_s,
                          half_logits=half_logits, **options)
         if block < 1:
             raise ValueError(f"block must be >= 1 frame, got {block}")
-        self.block = block
+        self.block, self.restart_on_drop = block, restart_on_drop
         self.first_block = 2 * block - 1 if first_block is None else first_block
         # a window must fit the encoder's positions with room for the chunk in flight
         self.max_window_samples = (MAX_FRAMES - 2 * self.block) * FRAME
@@ -78,11 +78,11 @@ class CausalWhisperModel(WhisperStreamingModel):
         window = torch.cat([state.audio, audio]) if audio.numel() else state.audio
         info = state.info
         cut = 0
-        if state.dropped:
+        if state.dropped and (self.restart_on_drop or window.numel() > self.trim_after_samples):
             # the session dropped frames (StreamAtt): restart where the memory now begins. Frames cut out of a
-            # running encoder still hold the dropped audio in their context and start past position 0, which the
-            # decoder never met in training (a memory from position 0, its forced text from the memory's start):
-            # it then stalls or writes the dropped words again
+            # running encoder still hold the dropped audio in their context and start past position 0; a decoder
+            # that never met that in training stalls or writes the dropped words again (`restart_on_drop`); one
+            # tuned for it reads them until the window outgrows `trim_after_s`, and only then is it re-encoded
             cut = state.dropped * FRAME
         else:
             cut, info = self.trim_point(window, info)

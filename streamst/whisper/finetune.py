@@ -6,7 +6,9 @@ alignment heads place every token in time. The student (LoRA on every attention 
 utterance under a block-causal mask with a random block size, then decodes from the memory cut at a few block
 edges: the tokens of words that have ended by the cut are the targets, end-of-text comes at the first unfinished
 word, and tokens that ended well before the cut are also pulled towards the teacher (KL). The whole utterance is
-always one of the cuts. Resumable; the adapters are saved as small factor files.
+always one of the cuts. Half the utterances also train a memory whose front is hidden up to where a later word
+begins, with the text from that word: what StreamAtt leaves after a drop, so the running encoder need not
+restart on the audio it keeps. Resumable; the adapters are saved as small factor files.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ TEACHER_MIN_FRAMES = 300  # the teacher's window: at least 6 s (teacher-forced, 
 TEACHER_TOP = 32  # the teacher's most likely tokens at each position: the distillation target and the shortlist
 KL_MARGIN = 10  # frames (200 ms) a token must have ended before the cut to be distilled
 BLOCKS = (8, 12, 16, 24, 32)  # 160-640 ms
+OFFSET_ROWS = 0.5  # the share of utterances that also train a memory whose front was dropped (StreamAtt)
 
 
 def _producer(queue: mp.Queue, sentences: list[str], seed: int) -> None:
@@ -166,22 +169,31 @@ class Trainer:
             for cut in cuts:
                 full = cut == enc_frames[b]
                 keep = len(toks) if full else next((i for i, e in enumerate(ends) if e > cut), len(toks))
-                rows.append((b, cut, keep, full, ends))
-        n_in = max(r[2] for r in rows) + len(self.sot)
+                rows.append((b, 0, 0, cut, keep, full, ends))
+            offset = self.offset_row(toks, t_frames[b], self.rng.choice(cuts))
+            if offset is not None and self.rng.random() < OFFSET_ROWS:
+                first, start, cut = offset
+                full = cut == enc_frames[b]
+                keep = len(toks) if full else next((i for i, e in enumerate(ends) if e > cut), len(toks))
+                if keep > first:
+                    rows.append((b, first, start, cut, keep, full, ends))
+        n_in = max(r[4] - r[1] for r in rows) + len(self.sot)
         inputs = torch.full((len(rows), n_in), self.tok.eot)
         target = torch.full((len(rows), n_in), -100)
         kl_mask = torch.zeros(len(rows), n_in, dtype=torch.bool)
         cross_blocked = torch.zeros(len(rows), 1, 1, memory.shape[1], dtype=torch.bool)
         mem_index = []
-        for r, (b, cut, keep, full, ends) in enumerate(rows):
+        for r, (b, first, start, cut, keep, full, ends) in enumerate(rows):
             toks = token_lists[b]
-            seq = self.sot + toks[:keep]
+            seq = self.sot + toks[first:keep]
             inputs[r, : len(seq)] = torch.tensor(seq)
-            target[r, len(self.sot) - 1: len(seq) - 1] = torch.tensor(toks[:keep])
+            target[r, len(self.sot) - 1: len(seq) - 1] = torch.tensor(toks[first:keep])
             target[r, len(seq) - 1] = self.tok.eot
-            for i in range(keep):
-                if full or ends[i] + KL_MARGIN <= cut:
-                    kl_mask[r, len(self.sot) - 1 + i] = True
+            if first == 0:  # the teacher read the whole text: its distributions fit only rows that start with it
+                for i in range(keep):
+                    if full or ends[i] + KL_MARGIN <= cut:
+                        kl_mask[r, len(self.sot) - 1 + i] = True
+            cross_blocked[r, 0, 0, :start] = True
             cross_blocked[r, 0, 0, cut:] = True
             mem_index.append(b)
         index = torch.tensor(mem_index)
@@ -207,6 +219,18 @@ class Trainer:
         kl = (kl_all * kl_mask).sum() / kl_mask.sum().clamp_min(1)
         return ce + kl, {"ce": ce.item(), "kl": kl.item(), "block": block, "rows": len(rows),
                          "shortlist": int(shortlist.numel())}
+
+    def offset_row(self, toks: list[int], frames: np.ndarray, cut: int) -> tuple[int, int, int] | None:
+        """A row as StreamAtt leaves the memory after a drop, without restarting the encoder: the memory from
+        about where a later word begins (the frames before it hidden; those after still carry the dropped audio
+        in their context, at positions past 0) to `cut`, and the text from that word: (first token, first
+        frame, cut), or None for a one-word utterance."""
+        starts = [i for i, t in enumerate(toks) if i > 0 and t in self.word_start_ids and frames[i] + 4 < cut]
+        if not starts:
+            return None
+        first = self.rng.choice(starts)
+        start = max(0, int(frames[first]) + self.rng.randint(-6, 2))  # StreamAtt cuts at an attention frame
+        return first, start, cut
 
     # -------------------------------------------------------------- evaluation
 
