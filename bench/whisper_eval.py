@@ -9,6 +9,7 @@ score translation against the German and Spanish references of `../shared/realsp
         --policies "alignatt:frames=10;alignatt:frames=20;la:n=2;waitk:k=2" [--chunk-ms 640] [--beam 4]
     python bench/whisper_eval.py --pair en-de --model en-de --policies "offline;alignatt:frames=4"
 
+`--clips jfk` scores the 11 s JFK recording of `bench/data/` instead (English only; `librivox,jfk` both).
 `--layout-only DIR` writes the layout and exits (for a hand-run `streamst eval --mustc DIR --pair en-en ...`).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import soundfile as sf
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 TRANSLATIONS = Path(__file__).resolve().parents[2] / "shared" / "realspeech" / "librivox_translations.tsv"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def librivox_clips(folder: Path = LIBRIVOX) -> list[tuple[str, np.ndarray, str]]:
@@ -37,6 +39,27 @@ def librivox_clips(folder: Path = LIBRIVOX) -> list[tuple[str, np.ndarray, str]]
         if rate != 16000:
             raise ValueError(f"{name}.wav is {rate} Hz, not 16 kHz")
         clips.append((name, audio, text.replace("<s>", "").replace("</s>", "").strip()))
+    return clips
+
+
+def jfk_clip() -> tuple[str, np.ndarray, str]:
+    """The JFK recording of `bench/data/` (see its README) with its transcript."""
+    audio, rate = sf.read(DATA / "jfk.wav", dtype="float32")
+    if rate != 16000:
+        raise ValueError(f"jfk.wav is {rate} Hz, not 16 kHz")
+    return "jfk", audio, (DATA / "jfk.txt").read_text().strip()
+
+
+def named_clips(names: str) -> list[tuple[str, np.ndarray, str]]:
+    """The clips `--clips` names: librivox, jfk, or both comma-separated."""
+    clips = []
+    for name in names.split(","):
+        if name == "librivox":
+            clips += librivox_clips()
+        elif name == "jfk":
+            clips.append(jfk_clip())
+        else:
+            raise ValueError(f"--clips takes librivox and/or jfk, not {name!r}")
     return clips
 
 
@@ -81,12 +104,16 @@ def main() -> int:
     parser.add_argument("--chunk-ms", type=float, default=640.0)
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--out", default="/tmp/whisper-sweep")
+    parser.add_argument("--clips", default="librivox", help="librivox (default), jfk, or librivox,jfk")
     parser.add_argument("--layout-only", default=None, metavar="DIR", help="write the MuST-C layout there and exit")
     args = parser.parse_args()
+    clips = named_clips(args.clips)
+    if args.pair != "en-en" and any(name == "jfk" for name, _, _ in clips):
+        parser.error("the JFK clip has an English transcript only: --pair en-en")
     if args.layout_only:
-        print(write_mustc_layout(Path(args.layout_only), librivox_clips(), pair=args.pair))
+        print(write_mustc_layout(Path(args.layout_only), clips, pair=args.pair))
         return 0
-    root = write_mustc_layout(Path(args.out) / "mustc", librivox_clips(), pair=args.pair)
+    root = write_mustc_layout(Path(args.out) / "mustc", clips, pair=args.pair)
     from streamst.cli import main as cli
 
     task = "asr" if args.pair == "en-en" else "st"
