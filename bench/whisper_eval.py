@@ -42,14 +42,6 @@ def librivox_clips(folder: Path = LIBRIVOX) -> list[tuple[str, np.ndarray, str]]
     return clips
 
 
-def jfk_clip() -> tuple[str, np.ndarray, str]:
-    """The JFK recording of `bench/data/` (see its README) with its transcript."""
-    audio, rate = sf.read(DATA / "jfk.wav", dtype="float32")
-    if rate != 16000:
-        raise ValueError(f"jfk.wav is {rate} Hz, not 16 kHz")
-    return "jfk", audio, (DATA / "jfk.txt").read_text().strip()
-
-
 def named_clips(names: str) -> list[tuple[str, np.ndarray, str]]:
     """The clips `--clips` names: librivox, jfk, or both comma-separated."""
     clips = []
@@ -57,7 +49,7 @@ def named_clips(names: str) -> list[tuple[str, np.ndarray, str]]:
         if name == "librivox":
             clips += librivox_clips()
         elif name == "jfk":
-            clips.append(jfk_clip())
+            clips += librivox_clips(DATA)
         else:
             raise ValueError(f"--clips takes librivox and/or jfk, not {name!r}")
     return clips
