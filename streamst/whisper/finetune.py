@@ -377,14 +377,12 @@ def main(argv: list[str] | None = None) -> int:
                         "test_wer": {k: v["wer"] for k, v in result["test"].items()}}
                 trainer.save("best.pt", {"best": best})
                 save_causal_checkpoint(args.out / "model.pt", lora_factors(trainer.student), block=16,
-                                       meta={"step": trainer.step, "rank": args.rank, "recipe": __name__},
-                                       restart_on_drop=OFFSET_ROWS == 0)
+                                       meta={"step": trainer.step, "rank": args.rank, "recipe": __name__})
             trainer.save("last.pt", {"best": best})
     trainer.save("last.pt", {"best": best})
     if args.eval_every <= 0:
         save_causal_checkpoint(args.out / "model.pt", lora_factors(trainer.student), block=16,
-                               meta={"step": trainer.step, "rank": args.rank, "recipe": __name__},
-                                       restart_on_drop=OFFSET_ROWS == 0)
+                               meta={"step": trainer.step, "rank": args.rank, "recipe": __name__})
     for p in procs:
         p.terminate()
     return 0
