@@ -65,8 +65,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     audio, reference = looped_stream(args.minutes)
-    model = load_model(args.model)
-    if args.restart_on_drop is not None:  # the same checkpoint, built with the other choice
+    if args.restart_on_drop is None:
+        model = load_model(args.model)
+    else:  # a causal Whisper checkpoint, built with the choice given
         from streamst.checkpoint import read_checkpoint, resolve_model
         from streamst.whisper.causal_streaming import load_causal_checkpoint
 

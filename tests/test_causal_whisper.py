@@ -263,6 +263,13 @@ def test_a_drop_restarts_the_encoder_at_once_or_when_the_window_outgrows_its_tri
         frames, enc = encode_stream(model.net.encoder, p, enc, False, block=model.block, first_block=model.first_block)
         running.append(frames)
     running = torch.cat(running)
+
+    def restarted(end: int) -> torch.Tensor:
+        """A fresh encoder's frames of the audio after the 30 dropped frames, up to `end`."""
+        frames, _ = encode_stream(model.net.encoder, audio[30 * 320: end], init_encoder_state(model.net.encoder),
+                                  False, block=model.block, first_block=model.first_block)
+        return frames
+
     state, fed = model.init_state(), 0
     for _ in range(5):  # 1.6 s
         memory, state = model.encode(audio[fed: fed + piece], state)
@@ -272,9 +279,7 @@ def test_a_drop_restarts_the_encoder_at_once_or_when_the_window_outgrows_its_tri
     fed += piece
     if restart_on_drop:
         assert state.dropped == 0 and state.audio.numel() == fed - 30 * 320
-        restarted, _ = encode_stream(model.net.encoder, audio[30 * 320: fed], init_encoder_state(model.net.encoder),
-                                     False, block=model.block, first_block=model.first_block)
-        torch.testing.assert_close(memory, restarted)
+        torch.testing.assert_close(memory, restarted(fed))
         return
     assert state.dropped == 30 and state.audio.numel() == fed  # the encoder ran on the new audio only
     torch.testing.assert_close(memory, running[30: 30 + memory.shape[0]])
@@ -286,9 +291,7 @@ def test_a_drop_restarts_the_encoder_at_once_or_when_the_window_outgrows_its_tri
     memory, state = model.encode(audio[fed: fed + piece], state)  # the window outgrows 4 s: restart at the drop
     fed += piece
     assert state.dropped == 0 and state.audio.numel() == fed - 30 * 320
-    restarted, _ = encode_stream(model.net.encoder, audio[30 * 320: fed], init_encoder_state(model.net.encoder),
-                                 False, block=model.block, first_block=model.first_block)
-    torch.testing.assert_close(memory, restarted)
+    torch.testing.assert_close(memory, restarted(fed))
 
 
 @needs_weights

@@ -95,6 +95,12 @@ def word_ends(tokens: list[int], frames: np.ndarray, word_start_ids: frozenset[i
     return ends
 
 
+def kept_tokens(ends: list[int], cut: int, full: bool) -> int:
+    """How many tokens a memory cut at `cut` trains as targets: every one for the whole utterance, else those
+    before the first whose word has not ended by the cut (CarelessWhisper's truncated targets)."""
+    return len(ends) if full else next((i for i, e in enumerate(ends) if e > cut), len(ends))
+
+
 class Trainer:
     def __init__(self, loaded: LoadedWhisper, out: Path, *, rank: int, lr: float, batch: int, cuts: int, seed: int,
                  device: torch.device = torch.device("cpu")):
@@ -169,13 +175,12 @@ class Trainer:
             cuts = [enc_frames[b]] + self.rng.sample(edges, min(len(edges), self.cuts - 1))
             for cut in cuts:
                 full = cut == enc_frames[b]
-                keep = len(toks) if full else next((i for i, e in enumerate(ends) if e > cut), len(toks))
-                rows.append((b, 0, 0, cut, keep, full, ends))
+                rows.append((b, 0, 0, cut, kept_tokens(ends, cut, full), full, ends))
             offset = self.offset_row(toks, t_frames[b], self.rng.choice(cuts))
             if offset is not None and self.rng.random() < OFFSET_ROWS:
                 first, start, cut = offset
                 full = cut == enc_frames[b]
-                keep = len(toks) if full else next((i for i, e in enumerate(ends) if e > cut), len(toks))
+                keep = kept_tokens(ends, cut, full)
                 if keep > first:
                     rows.append((b, first, start, cut, keep, full, ends))
         n_in = max(r[4] - r[1] for r in rows) + len(self.sot)
