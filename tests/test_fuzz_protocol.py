@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -114,6 +116,36 @@ def _garbage(rng: random.Random) -> list:
     return rng.choice(kinds)()
 
 
+async def _hostile(url: str, rng: random.Random) -> tuple[str | None, int | None]:
+    """One hostile connection: its garbage, then (the first error type it was told, its close code)."""
+    first = None
+    try:
+        async with connect(url, max_size=None) as ws:
+            for m in _garbage(rng):
+                await ws.send(m)
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg["type"] == "error":
+                    first = first or msg["error"]
+            code = ws.close_code
+    except ConnectionClosed as e:
+        code = e.rcvd.code if e.rcvd else None
+    return first, code
+
+
+def _hostile_storm(url: str, n: int, seed: int) -> tuple[float, float, list[tuple[str | None, int | None]]]:
+    """`n` hostile connections at once, run in a process of their own so that their client-side work does not
+    delay the good stream's client, whose round trips measure the server alone: (start, end, results), the
+    times on the machine-wide monotonic clock."""
+    rng = random.Random(seed)
+
+    async def storm():
+        return await asyncio.gather(*(_hostile(url, rng) for _ in range(n)))
+    start = time.monotonic()
+    results = asyncio.run(storm())
+    return start, time.monotonic(), results
+
+
 def test_hostile_clients_do_not_change_a_good_stream(request, tmp_path):
     model = tiny_model(request, tmp_path)
     wav = tiny_wavs(request, tmp_path, n=1)[0]
@@ -121,25 +153,10 @@ def test_hostile_clients_do_not_change_a_good_stream(request, tmp_path):
     expected = offline_words(model, wav, policy)
     srv = ServeProcess(tmp_path, model, "--policy", policy, "--max-streams", "64", "--max-streams-per-client", "64",
                        "--catch-up-lag-s", "inf")  # no catch-up: the good stream's words equal a lone Session's
-    rng = random.Random(1234)
-
-    async def hostile(i: int) -> tuple[str, int | None]:
-        first = None
-        try:
-            async with connect(srv.url, max_size=None) as ws:
-                for m in _garbage(rng):
-                    await ws.send(m)
-                async for raw in ws:
-                    msg = json.loads(raw)
-                    if msg["type"] == "error":
-                        first = first or msg["error"]
-                code = ws.close_code
-        except ConnectionClosed as e:
-            code = e.rcvd.code if e.rcvd else None
-        return first, code
 
     async def good_stream():
-        """The file at real-time pace with a marker after every 100 ms piece: (result, marker round trips, ms)."""
+        """The file at real-time pace with a marker after every 100 ms piece: (result, marker round trips in ms,
+        the monotonic time it ended)."""
         from streamst.server.client import paced, stream_audio
         from streamst.server.replay import pieces_of, read_audio
 
@@ -149,22 +166,28 @@ def test_hostile_clients_do_not_change_a_good_stream(request, tmp_path):
             srv.url, paced(pieces_of(audio, rate, 100), lambda p: len(p) / 4 / rate),
             {"sample_rate": rate, "encoding": "f32le", "policy": policy},
             marker_every=1, marker_sent=lambda i: sent.__setitem__(i, time.perf_counter()))
-        return result, [(result.markers[i] - sent[i]) * 1000 for i in sent if i in result.markers]
+        return result, [(result.markers[i] - sent[i]) * 1000 for i in sent if i in result.markers], time.monotonic()
 
     async def main():
         quiet = await good_stream()  # the same stream alone, for the record
-        good = asyncio.create_task(good_stream())
-        results = await asyncio.gather(*(hostile(i) for i in range(120)))
-        return quiet, await good, results
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            await loop.run_in_executor(pool, _hostile_storm, srv.url, 0, 0)  # the process is up, its imports done
+            good = asyncio.create_task(good_stream())
+            storm = await loop.run_in_executor(pool, _hostile_storm, srv.url, 120, 1234)
+            return quiet, await good, storm
 
     try:
-        (_, quiet_delays), (good, delays), results = asyncio.run(asyncio.wait_for(main(), 240))
+        (_, quiet_delays, _), (good, delays, good_end), (storm_start, _, results) = \
+            asyncio.run(asyncio.wait_for(main(), 240))
     finally:
         assert srv.terminate() == 0, srv.output()
     assert [w["text"] for w in good.words] == expected and good.done["reason"] == "eos"
-    # every chunk came back, and in time: the documented bound is one scheduling round of the open streams
-    # (a few tiny-model steps, ~10 ms each); 1 s is loose for a shared 2-core machine
-    assert len(delays) == len(quiet_delays) and float(np.percentile(delays, 95)) < 1000, (delays, quiet_delays)
+    # every chunk came back, and without a stall: the server parses every hostile frame on its one event loop (the
+    # storm's 24,000 tiny frames are about 1 s of its CPU), measured p95 0.6 s on a quiet 2-core machine; a
+    # server that blocked the good stream behind whole hostile connections would take the storm's length
+    assert len(delays) == len(quiet_delays) and float(np.percentile(delays, 95)) < 3000, (delays, quiet_delays)
+    assert len(results) == 120 and storm_start < good_end  # the storm came while the good stream ran
     for error, code in results:
         # every hostile connection got a typed error and its close code, or finished normally (tiny frames + eos)
         assert (error in ERROR_TYPES and code in (*map(int, ERROR_CLOSE.values()), 1009)) or code == Close.NORMAL, \
