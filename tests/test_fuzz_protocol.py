@@ -184,8 +184,8 @@ def test_hostile_clients_do_not_change_a_good_stream(request, tmp_path):
         assert srv.terminate() == 0, srv.output()
     assert [w["text"] for w in good.words] == expected and good.done["reason"] == "eos"
     # every chunk came back, and without a stall: the server parses every hostile frame on its one event loop (the
-    # storm's 24,000 tiny frames are about 1 s of its CPU), measured p95 0.6 s on a quiet 2-core machine; a
-    # server that blocked the good stream behind whole hostile connections would take the storm's length
+    # storm's 24,000 tiny frames are about 1 s of its CPU): measured p95 0.6 s on a quiet 2-core machine, and 3 s
+    # leaves room for a slower, shared one
     assert len(delays) == len(quiet_delays) and float(np.percentile(delays, 95)) < 3000, (delays, quiet_delays)
     assert len(results) == 120 and storm_start < good_end  # the storm came while the good stream ran
     for error, code in results:
