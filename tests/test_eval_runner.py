@@ -95,7 +95,12 @@ def test_shortform_writes_every_output_and_skips_bad_segments(shortform):
     # the model was trained on these sentences: it must mostly get them right
     assert scores["scores"]["WER"] < 40 and scores["scores"]["BLEU"] > 30
     for key in ("AL", "LAAL", "YAAL", "DAL", "AP", "ATD"):
-        assert scores["scores"][key] is not None and scores["scores"][key + "_CA"] is not None
+        assert scores["scores"][key] is not None
+        if key != "YAAL":
+            assert scores["scores"][key + "_CA"] is not None
+    # YAAL leaves out an instance whose first word comes at or after the source's end (OmniSTEval): with compute
+    # counted, that is every instance on a slow or busy machine, and then there is no YAAL_CA
+    assert (scores["scores"]["YAAL_CA"] is not None) == any(r["elapsed"][0] < r["source_length"] for r in records)
     assert scores["scores"]["LAAL_CA"] >= scores["scores"]["LAAL"] > 0
     assert scores["signatures"]["BLEU"].startswith("nrefs:1|case:mixed")
     assert 0 < scores["RTF"] and scores["audio_hours"] > 0 and scores["policy"].startswith("waitk:k=2")
