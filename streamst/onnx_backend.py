@@ -165,6 +165,9 @@ class OnnxSpeechModel:
     def samples_cut(self, state: OnnxStreamState) -> int:
         return 0
 
+    def restart_unwritten(self, state: OnnxStreamState) -> None:
+        return None  # no restart after the final pass
+
     def needs_commit(self, state: OnnxStreamState) -> bool:
         return False  # the memory has no end: StreamAtt bounds it
 

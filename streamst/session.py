@@ -23,6 +23,8 @@ from streamst.policies.base import Candidate, Policy, PolicyView, word_starts
 from streamst.speech_model import Hypothesis, SpeechModel
 from streamst.tokenizer import WORD_START
 
+MAX_FINAL_PASSES = 8  # a stream's end restarts a model that stopped early at most this many times
+
 
 @dataclass(frozen=True)
 class DecodeRequest:
@@ -76,6 +78,7 @@ class Session:
         self.chunks = 0
         self.compute_s = 0.0
         self.finished = False
+        self.final_passes = 0  # final passes after the last chunk (`another_final_pass`)
         self._last_partial = ""
 
     # ------------------------------------------------------------------ public API
@@ -92,8 +95,12 @@ class Session:
         if self.finished:
             return []
         events: list[Event] = []
-        for chunk, final in self.take_final_chunks():
+        chunks = self.take_final_chunks()
+        while chunks:
+            chunk, final = chunks.pop(0)
             events += self._step(chunk, final)
+            if not chunks:
+                chunks = self.another_final_pass()
         self.finished = True
         return events
 
@@ -123,6 +130,18 @@ class Session:
         """The chunks that end the stream (at least one, the last marked final); the caller sets `finished`."""
         chunks = self.chunker.flush() or [np.zeros(0, dtype=np.float32)]
         return [(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
+
+    def another_final_pass(self) -> list[tuple[np.ndarray, bool]]:
+        """After the final chunk: one more final pass (an empty final chunk) when the model ended its text early
+        with speech unwritten and restarts its window after what the stream committed
+        (`model.restart_unwritten`), at most `MAX_FINAL_PASSES` times; else none."""
+        if self.final_passes >= MAX_FINAL_PASSES:
+            return []
+        state = self.model.restart_unwritten(self.model_state)
+        if state is None:
+            return []
+        self.model_state, self.final_passes = state, self.final_passes + 1
+        return [(np.zeros(0, dtype=np.float32), True)]
 
     def absorb(self, audio: np.ndarray, frames: torch.Tensor, model_state: Any) -> None:
         """Take the encoder's output for one chunk: the new frames join the memory, the state is kept."""

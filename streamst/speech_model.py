@@ -73,6 +73,12 @@ class SpeechModel(Protocol):
         the policy, so that no audio is dropped unheard (a policy that writes only at the end would lose it)."""
         ...
 
+    def restart_unwritten(self, state: Any) -> Any | None:
+        """After the stream's final pass (its words all committed): a state whose next `encode` restarts the window
+        after them, when the decoder ended its text early with speech left unwritten; None when nothing is left
+        (every model but the causal Whisper: `streamst.whisper.causal_streaming`)."""
+        ...
+
     def samples_cut(self, state: Any) -> int:
         """16 kHz samples the model itself cut from the front of its window (0 for most models), so word
         spans stay on the stream's clock."""

@@ -80,6 +80,9 @@ class StreamingSpeechModel:
     def samples_cut(self, state: StreamState) -> int:
         return 0
 
+    def restart_unwritten(self, state: StreamState) -> None:
+        return None  # no restart after the final pass
+
     def needs_commit(self, state: StreamState) -> bool:
         return False  # the memory has no end: StreamAtt bounds it
 

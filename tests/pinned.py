@@ -85,15 +85,16 @@ def batched(model, policy: str, audios: list[np.ndarray], beam: int) -> list[lis
             chunks += s.take_chunks(a[i:i + PIECE])
         queues.append(chunks + s.take_final_chunks())
     events: list[list] = [[] for _ in sessions]
-    for r in range(max(len(q) for q in queues)):
-        rows = [(i, q[r]) for i, q in enumerate(queues) if r < len(q)]
+    while any(queues):
+        rows = [(i, q.pop(0)) for i, q in enumerate(queues) if q]
         outs = step_sessions([(sessions[i], chunk, final) for i, (chunk, final) in rows])
         for (i, (_, final)), out in zip(rows, outs):
             if isinstance(out, BaseException):
                 raise out
             events[i] += out
-            if final:
-                sessions[i].finished = True
+            if final and not queues[i]:  # as the server's scheduler: a model that ended early gets more passes
+                queues[i] += sessions[i].another_final_pass()
+                sessions[i].finished = not queues[i]
     return [_words(e) for e in events]
 
 

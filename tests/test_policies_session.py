@@ -113,6 +113,9 @@ class ScriptedModel:
     def samples_cut(self, state: int) -> int:
         return 0
 
+    def restart_unwritten(self, state: int) -> None:
+        return None  # no restart after the final pass
+
     def needs_commit(self, state: int) -> bool:
         return False
 

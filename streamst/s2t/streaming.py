@@ -112,6 +112,9 @@ class S2TStreamingModel:
         k = n * self.fbank_per_frame
         return S2TState(state.audio[k * SHIFT:], state.fbank[k:], cut=state.cut)
 
+    def restart_unwritten(self, state: S2TState) -> None:
+        return None  # no restart after the final pass
+
     def needs_commit(self, state: S2TState) -> bool:
         """The window is within 4 s (or a fifth of it) of its cap: what it holds must be committed before the
         cap cuts it."""

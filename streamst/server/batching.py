@@ -164,6 +164,8 @@ class BatchingScheduler:
             job.future.set_exception(result)
             return
         job.events += result
+        if not job.chunks and job.finishing:
+            job.chunks.extend(job.session.another_final_pass())
         if not job.chunks:
             if job.finishing:
                 job.session.finished = True

@@ -11,6 +11,12 @@ chunk after each drop, where the memory now begins (the kept audio, a few second
 decoder always reads a memory that starts at the encoder's position 0; one tuned on them keeps the running
 encoder's frames and restarts only when the window outgrows `trim_after_s`. Word times and policies see the
 memory frames as they are.
+
+A decoder tuned on single utterances may end its text at a sentence's end while the memory still holds speech
+after it (an early end-of-text). Mid-stream it would write nothing more until the next trim; at the end of a
+stream the rest would be lost. So when a decode ends with speech left unwritten after its last written word, the
+window restarts there, every committed word becoming the prompt: at once when nothing uncommitted was written,
+and at the end of a stream on another final pass (`restart_unwritten`), where every written word is committed.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from streamst.decoding import StopRule
+from streamst.speech_model import Hypothesis
 from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_stream, init_encoder_state
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import SAMPLES_PER_ENCODER_FRAME, DecoderCache
@@ -30,6 +38,20 @@ LOOKAHEAD_SAMPLES = 520  # what the STFT and the two convolutions read past a fr
 # would otherwise look unfinished to a model trained to wait for a word's end (fine-tuning's utterances end in
 # 0-600 ms of silence)
 END_SILENCE_SAMPLES = 8000
+# an early end-of-text: at least this many loud 20 ms frames after the last written word (0.5 s of speech)
+UNWRITTEN_SPEECH_FRAMES = 25
+SPEECH_BELOW_PEAK = 10 ** -2.5  # a loud frame: energy within 25 dB of the window's 95th-percentile frame
+SPEECH_FLOOR = 1e-5  # ... and above -50 dBFS
+PAUSE_SEARCH_FRAMES = 25  # a restart goes at the quietest frame of the 500 ms after the last written word
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Where the window restarts after an early end-of-text: the memory frame, and how many leading tokens of the
+    session's prefix are the prompt then (all the committed ones)."""
+
+    frame: int
+    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,8 @@ class CausalWhisperState:
     dropped: int = 0  # frames of this window the session dropped from the front of the memory (StreamAtt)
     trimmed_samples: int = 0  # what the model cut itself, beyond the session's drops (see `encode`)
     cross: tuple[tuple[Tensor, Tensor], ...] | None = None  # keys/values of encoded[:n] per decoder layer
+    restart: Restart | None = None  # the next `encode` restarts the window here (an early end-of-text)
+    restart_if_committed: Restart | None = None  # ... once the last decode's words are all committed (the end)
 
 
 class CausalWhisperModel(WhisperStreamingModel):
@@ -51,6 +75,8 @@ class CausalWhisperModel(WhisperStreamingModel):
 
     appends_memory = False  # the memory lives in the model state: a restart replaces it
     attention_stop = True  # the attention rows are over the memory frames, as the policy sees them
+    # restart after an early end-of-text (off for a translator: its last word may align anywhere in the source)
+    restarts_early_ends = True
 
     def __init__(self, loaded: LoadedWhisper, *, block: int = 16, first_block: int | None = None,
                  trim_after_s: float = 16.0, keep_s: float = 4.0, commit_after_s: float = 24.0,
@@ -80,7 +106,10 @@ class CausalWhisperModel(WhisperStreamingModel):
         window = torch.cat([state.audio, audio]) if audio.numel() else state.audio
         info = state.info
         cut = 0
-        if state.dropped and (self.restart_on_drop or window.numel() > self.trim_after_samples):
+        if state.restart is not None:  # an early end-of-text: restart after the last written word
+            cut = (state.dropped + state.restart.frame) * FRAME
+            info = replace(info, prompt_tokens=state.restart.prompt_tokens, boundaries=[])
+        elif state.dropped and (self.restart_on_drop or window.numel() > self.trim_after_samples):
             # the session dropped frames (StreamAtt): restart where the memory now begins. Frames cut out of a
             # running encoder still hold the dropped audio in their context and start past position 0; a decoder
             # that never met that in training stalls or writes the dropped words again (`restart_on_drop`); one
@@ -105,6 +134,48 @@ class CausalWhisperModel(WhisperStreamingModel):
         memory = torch.cat([state.encoded, frames]) if frames.shape[0] else state.encoded
         return memory, replace(state, audio=window, encoder=encoder, encoded=memory, info=info)
 
+    @torch.no_grad()
+    def decode(self, memory: Tensor, prefix: list[int], state: CausalWhisperState, *, beam: int = 1,
+               max_tokens: int = 64, stop: StopRule | None = None,
+               prompt: list[int] | None = None) -> tuple[Hypothesis, CausalWhisperState]:
+        """Whisper's decode (`WhisperStreamingModel.decode`), then the test for an early end-of-text."""
+        hyp, state = super().decode(memory, prefix, state, beam=beam, max_tokens=max_tokens, stop=stop, prompt=prompt)
+        restart = self.unwritten_restart(hyp, prefix, state) if self.restarts_early_ends else None
+        # at once only when the continuation is empty (every written word is committed already), and not under
+        # StreamAtt, which cuts the memory after its committed words itself
+        now = None if hyp.tokens or state.info.session_drops else restart
+        return hyp, replace(state, restart=now, restart_if_committed=restart)
+
+    def unwritten_restart(self, hyp: Hypothesis, prefix: list[int], state: CausalWhisperState) -> Restart | None:
+        """Where to restart after this decode if it ended with speech unwritten after its last written word (the
+        continuation's, else the last committed word of the window), with every token written so far as the
+        prompt; None when it did not end early."""
+        if not hyp.ended or state.encoded.shape[0] == 0:
+            return None
+        written = self._last_spoken_frame(hyp.tokens, hyp.attention)
+        if written is None and state.info.boundaries:  # the window's committed words, as this decode aligned them
+            written = state.info.boundaries[-1][1] - 1
+        if written is None:  # (no boundaries under StreamAtt: the forced prefix's own rows)
+            written = self._last_spoken_frame(prefix, hyp.prefix_attention)
+        if written is None:
+            return None
+        return restart_after(written, len(prefix) + len(hyp.tokens), state.audio, state.dropped)
+
+    def _last_spoken_frame(self, tokens: list[int], attention: Tensor | None) -> int | None:
+        """The latest memory frame that a token with a letter or digit aligns to (alignment heads' mean)."""
+        if attention is None or not tokens or attention.shape[2] != len(tokens) or attention.shape[-1] == 0:
+            return None
+        aligned = attention.float().mean(dim=(0, 1)).argmax(-1).tolist()
+        spoken = [f for f, piece in zip(aligned, self.tokenizer.pieces(tokens)) if any(c.isalnum() for c in piece)]
+        return max(spoken) if spoken else None
+
+    def restart_unwritten(self, state: CausalWhisperState) -> CausalWhisperState | None:
+        """After a final pass whose words were all committed: a state whose next `encode` restarts the window after
+        them, if the pass ended early with speech unwritten; None when nothing is left unwritten."""
+        if state.restart_if_committed is None:
+            return None
+        return replace(state, restart=state.restart_if_committed, restart_if_committed=None)
+
     def drop_frames(self, state: CausalWhisperState, n: int) -> CausalWhisperState:
         """Forget the first n memory frames (StreamAtt); the next `encode` restarts the encoder on the audio after
         them (until then the memory is the running encoder's frames without its first n)."""
@@ -112,7 +183,8 @@ class CausalWhisperModel(WhisperStreamingModel):
             return state
         cross = None if state.cross is None else tuple((k[:, :, n:], v[:, :, n:]) for k, v in state.cross)
         info = replace(state.info, prompt_tokens=0, boundaries=[], session_drops=True)
-        return replace(state, encoded=state.encoded[n:], dropped=state.dropped + n, cross=cross, info=info)
+        return replace(state, encoded=state.encoded[n:], dropped=state.dropped + n, cross=cross, info=info,
+                       restart=None, restart_if_committed=None)
 
     def cross_cache(self, features: Tensor, state: CausalWhisperState):
         """Keys/values of the frames already projected come from the state; only new frames are projected."""
@@ -133,6 +205,27 @@ class CausalWhisperModel(WhisperStreamingModel):
     def delay_ms() -> float:
         """The fixed look-ahead of a frame past its own 20 ms (STFT and convolutions)."""
         return (LOOKAHEAD_SAMPLES - FRAME) / 16.0
+
+
+def restart_after(frame: int, prompt_tokens: int, window: Tensor, dropped: int = 0) -> Restart | None:
+    """A restart at the quietest frame of the pause after memory frame `frame`, if at least
+    `UNWRITTEN_SPEECH_FRAMES` loud frames follow it in `window` (the audio since the encoder's position 0, whose
+    first `dropped` frames are not in the memory); else None."""
+    energy = frame_energy(window)[dropped:]
+    if frame + 1 >= energy.numel():
+        return None
+    loud = energy > max(SPEECH_FLOOR, float(energy.quantile(0.95)) * SPEECH_BELOW_PEAK)
+    pause = energy[frame + 1: frame + 1 + PAUSE_SEARCH_FRAMES]
+    cut = frame + 1 + int(pause.argmin())
+    if int(loud[cut:].sum()) < UNWRITTEN_SPEECH_FRAMES:
+        return None
+    return Restart(cut, prompt_tokens)
+
+
+def frame_energy(audio: Tensor) -> Tensor:
+    """Mean square of each whole 20 ms frame of `audio`."""
+    n = audio.numel() // FRAME
+    return audio[: n * FRAME].reshape(n, FRAME).pow(2).mean(-1)
 
 
 CAUSAL_KIND = "whisper-causal"

@@ -202,6 +202,9 @@ class WhisperStreamingModel:
     def samples_cut(self, state: WhisperStreamState) -> int:
         return state.trimmed_samples
 
+    def restart_unwritten(self, state: WhisperStreamState) -> None:
+        return None  # no restart after the final pass
+
     def needs_commit(self, state: WhisperStreamState) -> bool:
         return state.audio.numel() > self.commit_after_samples
 

@@ -26,6 +26,8 @@ EMBEDDING = "decoder.token_embedding.weight"
 class CausalWhisperTranslator(CausalWhisperModel):
     """A causal Whisper whose decoder writes `tgt_lang`; it may write only the tokens of `vocab`."""
 
+    restarts_early_ends = False  # a German or Spanish word's alignment says little about where its source ended
+
     def __init__(self, loaded: LoadedWhisper, *, vocab: Tensor, tgt_lang: str, **options):
         super().__init__(loaded, **options)
         self.task, self.src_lang, self.tgt_lang = "st", "en", tgt_lang
