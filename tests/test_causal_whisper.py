@@ -232,6 +232,7 @@ def jfk() -> tuple[np.ndarray, str]:
     return audio, text
 
 
+@needs_speech
 def test_a_restart_goes_in_the_pause_after_the_last_written_word_when_speech_follows():
     """`restart_after` on real speech: after a clip's speech (its last 300 ms, then 0.5 s of silence) there is
     nothing to restart for; with a second clip after the silence, the restart lands in the silence."""
