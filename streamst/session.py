@@ -91,7 +91,8 @@ class Session:
         return events
 
     def finish(self) -> list[Event]:
-        """End of stream: encode the rest and commit every word still held."""
+        """End of stream: encode the rest and commit every word still held (with more final passes while the model
+        restarts after an early end-of-text: `another_final_pass`)."""
         if self.finished:
             return []
         events: list[Event] = []
