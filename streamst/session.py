@@ -98,10 +98,9 @@ class Session:
         events: list[Event] = []
         chunks = self.take_final_chunks()
         while chunks:
-            chunk, final = chunks.pop(0)
-            events += self._step(chunk, final)
-            if not chunks:
-                chunks = self.another_final_pass()
+            for chunk, final in chunks:
+                events += self._step(chunk, final)
+            chunks = self.another_final_pass()
         self.finished = True
         return events
 

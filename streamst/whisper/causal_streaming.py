@@ -30,7 +30,7 @@ from streamst.speech_model import Hypothesis
 from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_stream, init_encoder_state
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import SAMPLES_PER_ENCODER_FRAME, DecoderCache
-from streamst.whisper.streaming import WhisperStreamingModel, WindowInfo
+from streamst.whisper.streaming import WhisperStreamingModel, WindowInfo, frame_energy
 
 FRAME = SAMPLES_PER_ENCODER_FRAME
 LOOKAHEAD_SAMPLES = 520  # what the STFT and the two convolutions read past a frame's start (see causal.py)
@@ -220,12 +220,6 @@ def restart_after(frame: int, prompt_tokens: int, window: Tensor, dropped: int =
     if int(loud[cut:].sum()) < UNWRITTEN_SPEECH_FRAMES:
         return None
     return Restart(cut, prompt_tokens)
-
-
-def frame_energy(audio: Tensor) -> Tensor:
-    """Mean square of each whole 20 ms frame of `audio`."""
-    n = audio.numel() // FRAME
-    return audio[: n * FRAME].reshape(n, FRAME).pow(2).mean(-1)
 
 
 CAUSAL_KIND = "whisper-causal"

@@ -164,8 +164,7 @@ class WhisperStreamingModel:
         if not usable:
             return 0, info
         tokens, lo, hi = usable[-1]
-        frames = window[: (hi + 1) * SAMPLES_PER_ENCODER_FRAME].reshape(-1, SAMPLES_PER_ENCODER_FRAME)
-        energy = frames[lo: hi + 1].pow(2).mean(-1)
+        energy = frame_energy(window[: (hi + 1) * SAMPLES_PER_ENCODER_FRAME])[lo: hi + 1]
         frame = lo + int(energy.argmin())
         return frame * SAMPLES_PER_ENCODER_FRAME, replace(info, prompt_tokens=info.prompt_tokens + tokens, boundaries=[])
 
@@ -408,6 +407,12 @@ class WhisperStreamingModel:
         memory, state = self.encode(audio, self.init_state(), final=True)
         hyp, _ = self.decode(memory, [], state, beam=beam, max_tokens=max_tokens)
         return self.tokenizer.decode(hyp.tokens).strip()
+
+
+def frame_energy(audio: Tensor) -> Tensor:
+    """Mean square of each whole 20 ms encoder frame of `audio` (where a window may be cut: the quietest)."""
+    n = audio.numel() // SAMPLES_PER_ENCODER_FRAME
+    return audio[: n * SAMPLES_PER_ENCODER_FRAME].reshape(n, SAMPLES_PER_ENCODER_FRAME).pow(2).mean(-1)
 
 
 def language_from_logits(logits: Tensor, language_ids: dict[str, int]) -> str:
