@@ -56,6 +56,54 @@ def test_cache_holds_the_encoders_frames_of_each_spoken_sentence(cache):
 
 
 @needs_weights
+def test_a_cache_names_its_encoder_and_frames_of_another_are_refused(cache, tmp_path):
+    """A decoder must learn over the frames of the encoder it ships with: a cache made by other adapters is refused
+    by the trainer and by a build that would add to it."""
+    import json
+    import shutil
+
+    from streamst.whisper import st_cache
+    from streamst.whisper.st_train import DecoderTrainer
+
+    made_by = st_cache.cache_encoder(cache)
+    assert made_by == st_cache.fingerprint(st_cache.encoder_of(None)[2]["factors"])
+    other = tmp_path / "other"
+    shutil.copytree(cache, other)
+    (other / "encoder.json").write_text(json.dumps({"fingerprint": "0" * 16, "adapter": "elsewhere"}))
+    with pytest.raises(SystemExit, match="another encoder"):
+        DecoderTrainer([other], "de", lr=1e-4, batch_frames=2000, seed=1)
+    with pytest.raises(SystemExit, match="another encoder"):
+        st_cache.build_cache(other, [st_cache.Example("A new sentence here.", {"de": "Ein neuer Satz hier."})])
+    assert sorted(p.name for p in other.glob("*.pt")) == sorted(p.name for p in cache.glob("*.pt"))
+    # two caches of the same encoder train together
+    trainer = DecoderTrainer([cache, cache], "de", lr=1e-4, batch_frames=2000, seed=1)
+    assert len(trainer.train) == 2 * len(DecoderTrainer([cache], "de", lr=1e-4, batch_frames=2000, seed=1).train)
+
+
+def test_examples_merge_sentences_first_then_a_hashed_sample_of_long_phrases():
+    from streamst.data.sources import SentencePair
+    from streamst.whisper.st_cache import merge_examples
+
+    german = [SentencePair("The house is big.", "Das Haus ist groß.", "ding")]
+    spanish = [SentencePair("The house is big.", "La casa es grande.", "ding+apertium"),
+               SentencePair("The house is big.", "La casa es grandiosa.", "bible"),
+               SentencePair("In the beginning.", "En el principio.", "bible")]
+    phrases = [SentencePair(f"to read {n} old books", f"{n} alte Bücher lesen", "ding-phrases") for n in range(40)]
+    phrases += [SentencePair("to read", "lesen", "ding-phrases"),
+                SentencePair("The house is big.", "Das Haus ist riesig.", "ding-phrases")]
+    examples = merge_examples(german, spanish, phrases, max_phrases=10)
+    by_en = {e.en: e.targets for e in examples}
+    assert by_en["The house is big."] == {"de": "Das Haus ist groß.", "es": "La casa es grande."}
+    assert by_en["In the beginning."] == {"es": "En el principio."}
+    chosen = [en for en in by_en if en.startswith("to ")]
+    assert len(chosen) == 10 and "to read" not in by_en and all(by_en[en].keys() == {"de"} for en in chosen)
+    assert [e.en for e in examples] == sorted(by_en)
+    # the sample is the phrases' own, not the order they were read in
+    again = merge_examples(german, spanish, phrases[::-1], max_phrases=10)
+    assert again == examples
+
+
+@needs_weights
 def test_recipe_trains_resumes_and_ships_a_model_that_translates_and_loads(cache, tmp_path):
     """`streamst train --recipe whisper-st`: updates, a refusal without --resume, a resumed update; the file
     holds the decoder and the encoder's adapters only, loads as a translator over the target vocabulary."""

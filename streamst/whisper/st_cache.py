@@ -4,10 +4,13 @@ A translation decoder over a frozen encoder needs the encoder's frames, not the 
 once (a random engine and voice, with noise and room, as for the ASR fine-tune; the held-out test voices never),
 encoded under the block-causal mask exactly as streaming would (`encode_full`), and stored as fp16 frames with its
 English text and its translations. Shards of `SHARD` utterances; an existing shard is kept, so a run resumes.
+`encoder.json` names the adapters that made the frames, so a decoder is never trained over another encoder's.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -15,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from streamst.data.synth import DEFAULT_TEST_VOICES, assign_split
+from streamst.data.sources import SentencePair
+from streamst.data.synth import DEFAULT_TEST_VOICES, assign_split, stable_hash
 from streamst.whisper.causal import causal_log_mel, encode_full
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import Whisper
@@ -38,16 +42,45 @@ def split_of(english: str) -> str:
     return assign_split(english, SPLIT_SEED, DEV_FRACTION, TEST_FRACTION)
 
 
-def collect_examples() -> list[Example]:
-    """Every English sentence of Ding's examples (German; Spanish by apertium) and the Bible verse pairs
-    (Spanish), merged by English text, in a fixed order."""
+KINDS = ("sentences", "all")
+MAX_PHRASES = 30000
+
+
+def collect_examples(kind: str = "sentences", *, max_phrases: int = MAX_PHRASES) -> list[Example]:
+    """The examples to speak, read from the installed sources (see `merge_examples`).
+
+    'sentences': every English sentence of Ding's examples (German; Spanish by apertium) and the Bible verse pairs
+    (Spanish). 'all' adds apertium Spanish of WordNet's usage examples and up to `max_phrases` of Ding's phrase
+    pairs. gettext's UI strings are left out: messages with placeholders and menu labels are not what a speaker says.
+    """
     from streamst.data import parallel, sources
 
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
     ding = sources.ding_pairs()
-    spanish = sources.apertium_translate([p.en for p in ding])
-    merged: dict[str, dict[str, str]] = {p.en: {"de": p.target, "es": es} for p, es in zip(ding, spanish)}
-    for p in parallel.bible_verse_pairs():
-        merged.setdefault(p.en, {}).setdefault("es", p.target)
+    if kind == "sentences":
+        spanish = [SentencePair(p.en, es, "ding+apertium")
+                   for p, es in zip(ding, sources.apertium_translate([p.en for p in ding]))]
+        phrases: list[SentencePair] = []
+    else:
+        spanish = parallel.clean(parallel.apertium_sentence_pairs(), parallel.SENTENCE_LIMITS)
+        phrases = parallel.clean(parallel.ding_phrase_pairs(), parallel.PHRASE_LIMITS)
+    return merge_examples(ding, spanish + parallel.bible_verse_pairs(), phrases, max_phrases=max_phrases)
+
+
+def merge_examples(german: list[SentencePair], spanish: list[SentencePair], phrases: list[SentencePair] = (), *,
+                   max_phrases: int = MAX_PHRASES) -> list[Example]:
+    """Sentence pairs merged by English text (the first translation into a language wins), then German phrase pairs
+    of three or more English words that are no sentence's English: up to `max_phrases` of them, a sample fixed by
+    a hash of each phrase (so it does not depend on the order read). Sorted by English text."""
+    merged: dict[str, dict[str, str]] = {}
+    for lang, pairs in (("de", german), ("es", spanish)):
+        for p in pairs:
+            merged.setdefault(p.en, {}).setdefault(lang, p.target)
+    chosen = sorted({p.en: p for p in phrases if len(p.en.split()) >= 3 and p.en not in merged}.values(),
+                    key=lambda p: stable_hash("phrase", p.en))
+    for p in chosen[:max_phrases]:
+        merged[p.en] = {"de": p.target}
     return [Example(en, targets) for en, targets in sorted(merged.items())]
 
 
@@ -63,6 +96,21 @@ def corrected_targets(lang: str):
     ding = {p.en for p in sources.ding_pairs()}
     verses = {p.en: p.target for p in parallel.bible_verse_pairs()}
     return lambda en, target: target if en in ding else verses.get(en)
+
+
+def fingerprint(factors: dict[str, torch.Tensor]) -> str:
+    """A short hash of an encoder's adapter factors: which encoder made a cache's frames."""
+    digest = hashlib.sha256()
+    for name in sorted(k for k in factors if k.startswith("encoder.")):
+        digest.update(name.encode())
+        digest.update(factors[name].detach().half().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_encoder(folder: Path) -> str | None:
+    """The fingerprint of the encoder that made a cache's frames (None for a cache made before it was recorded)."""
+    path = folder / "encoder.json"
+    return json.loads(path.read_text())["fingerprint"] if path.is_file() else None
 
 
 def encoder_of(adapter: Path | None) -> tuple[Whisper, LoadedWhisper, dict]:
@@ -94,8 +142,14 @@ def build_cache(out: Path, examples: list[Example], *, worker: int = 0, workers:
     from streamst.whisper.speech_pool import SpeechMaker
 
     torch.set_num_threads(1)
-    net, _, _ = encoder_of(adapter)
+    net, _, obj = encoder_of(adapter)
     out.mkdir(parents=True, exist_ok=True)
+    made_by, ours = cache_encoder(out), fingerprint(obj["factors"])
+    if made_by not in (None, ours) or (made_by is None and any(out.glob("*.pt"))):
+        raise SystemExit(f"{out} holds frames of another encoder ({made_by or 'unrecorded'}, this one is {ours}): "
+                         "use a new folder")
+    (out / "encoder.json").write_text(json.dumps({"fingerprint": ours, "adapter": str(adapter or
+                                                                                     "whisper-tiny.en-causal")}))
     by_split: dict[str, list[Example]] = {}
     for e in examples:
         by_split.setdefault(split_of(e.en), []).append(e)
@@ -147,11 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--limit", type=int, help="only the first N examples (a quick run)")
     ap.add_argument("--lang", choices=["de", "es"], help="only the examples with a translation into this language")
+    ap.add_argument("--only", choices=["de", "es"], help="only the examples whose one translation is into this language")
+    ap.add_argument("--kind", choices=KINDS, default="sentences", help="which text (see collect_examples)")
+    ap.add_argument("--max-phrases", type=int, default=MAX_PHRASES)
     ap.add_argument("--adapter", type=Path, help="causal Whisper checkpoint (default: the shipped one)")
     args = ap.parse_args(argv)
-    examples = collect_examples()
+    examples = collect_examples(args.kind, max_phrases=args.max_phrases)
     if args.lang:
         examples = [e for e in examples if args.lang in e.targets]
+    if args.only:
+        examples = [e for e in examples if set(e.targets) == {args.only}]
     if args.limit:
         examples = examples[: args.limit]
     print(f"{len(examples)} examples: {sum('de' in e.targets for e in examples)} with German, "

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from streamst.whisper.st_cache import corrected_targets, encoder_of, load_cache
+from streamst.whisper.st_cache import cache_encoder, corrected_targets, encoder_of, fingerprint, load_cache
 from streamst.whisper.translation import EMBEDDING, CausalWhisperTranslator, save_st_checkpoint
 
 PROMPT_SHARE = 1 / 3
@@ -42,18 +42,33 @@ def real_references(lang: str) -> dict[str, str]:
 class DecoderTrainer:
     """The decoder being trained, its optimiser and the data it reads."""
 
-    def __init__(self, cache: Path, lang: str, *, lr: float, batch_frames: int, seed: int):
-        self.net, self.loaded, adapter = encoder_of(None)
-        self.encoder_factors = adapter["factors"]
-        self.block = int(adapter.get("block", 16))
+    def __init__(self, caches: list[Path], lang: str, *, lr: float, batch_frames: int, seed: int,
+                 adapter: Path | None = None):
+        self.net, self.loaded, checkpoint = encoder_of(adapter)
+        self.encoder_factors = checkpoint["factors"]
+        self.block = int(checkpoint.get("block", 16))
         self.tok = self.loaded.tokenizer
         self.lang, self.lr, self.batch_frames = lang, lr, batch_frames
         self.rng = random.Random(seed)
-        correct = corrected_targets(lang)
-        self.train = [(f, self._tokens(t)) for f, _, t in load_cache(cache, "train", lang, correct)]
-        self.dev = load_cache(cache, "dev", lang, correct)
+        ours = fingerprint(self.encoder_factors)
+        self.train, self.dev = [], []
+        for cache in caches:
+            made_by = cache_encoder(cache)
+            if made_by not in (None, ours):
+                name = adapter or "the shipped whisper-tiny.en-causal"
+                raise SystemExit(f"{cache} holds frames of another encoder ({made_by}) than {name} ({ours}): "
+                                 "pass the one that made it as --adapter")
+            if made_by is None:
+                print(f"{cache}: no encoder.json (made before it was recorded): trusting that its frames are this "
+                      f"encoder's", flush=True)
+            # caches made before the Bible reader was fixed carry its misaligned verses: those are corrected
+            correct = corrected_targets(lang) if made_by is None else None
+            self.train += [(f, self._tokens(t)) for f, _, t in load_cache(cache, "train", lang, correct)]
+            self.dev += load_cache(cache, "dev", lang, correct)
         if not self.train:
-            raise SystemExit(f"{cache} holds no training example with a {lang} translation")
+            raise SystemExit(f"{', '.join(map(str, caches))} hold no training example with a {lang} translation")
+        # dev BLEU picks the model on sentences: a phrase pair is a dictionary entry, not something said
+        self.dev = [d for d in self.dev if d[1].rstrip()[-1:] in ".?!"] or self.dev
         self.sot = self.tok.sot_sequence(None, "transcribe")
         used = {t for _, toks in self.train for t in toks} | {self.tok.eot, self.tok.sot_prev, *self.sot}
         self.vocab = torch.tensor(sorted(used))
@@ -189,7 +204,10 @@ class DecoderTrainer:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", type=Path, required=True, help="folder written by streamst.whisper.st_cache")
+    ap.add_argument("--cache", type=Path, nargs="+", required=True,
+                    help="folders written by streamst.whisper.st_cache (by the same encoder)")
+    ap.add_argument("--adapter", type=Path, help="the causal Whisper checkpoint whose encoder made the cache "
+                                                 "(default: the shipped whisper-tiny.en-causal)")
     ap.add_argument("--lang", required=True, choices=["de", "es"])
     ap.add_argument("--out", type=Path, required=True, help="run folder (a run already there is resumed)")
     ap.add_argument("--minutes", type=float, default=60.0)
@@ -204,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    trainer = DecoderTrainer(args.cache, args.lang, lr=args.lr, batch_frames=args.batch_frames, seed=args.seed)
+    trainer = DecoderTrainer(args.cache, args.lang, lr=args.lr, batch_frames=args.batch_frames, seed=args.seed,
+                             adapter=args.adapter)
     resumed = (args.out / "last.pt").exists()
     if resumed:
         trainer.load(args.out / "last.pt")
