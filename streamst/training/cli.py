@@ -184,9 +184,9 @@ def run_whisper_st(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds a run (last.pt); pass --resume to continue it or choose another --out")
     cache = Path(args.corpus or out / "cache")
     if not any(cache.glob("train-*.pt")):
-        print(f"speaking and encoding every sentence pair into {cache} (about 20 minutes per 10,000 sentences on one core)",
-              flush=True)
-        st_cache.build_cache(cache, st_cache.collect_examples())
+        print(f"speaking and encoding every sentence and phrase pair into {cache} (about 20 minutes per 10,000 "
+              "sentences on one core)", flush=True)
+        st_cache.build_cache(cache, st_cache.collect_examples("all"))
     argv = ["--cache", str(cache), "--lang", pair.split("-")[1], "--out", str(out),
             "--minutes", str(args.time_limit or 60.0)]
     if args.dev_every == 0:
