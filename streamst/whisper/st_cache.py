@@ -113,6 +113,15 @@ def cache_encoder(folder: Path) -> str | None:
     return json.loads(path.read_text())["fingerprint"] if path.is_file() else None
 
 
+def check_cache_encoder(folder: Path, ours: str, remedy: str) -> bool:
+    """Whether `folder`'s frames are recorded as made by the encoder of fingerprint `ours` (False: made before it was
+    recorded); frames recorded as another encoder's end the run, with `remedy` in the message."""
+    made_by = cache_encoder(folder)
+    if made_by not in (None, ours):
+        raise SystemExit(f"{folder} holds frames of another encoder ({made_by}, this one is {ours}): {remedy}")
+    return made_by is not None
+
+
 def encoder_of(adapter: Path | None) -> tuple[Whisper, LoadedWhisper, dict]:
     """The tiny.en model with the shipped causal adapters (or `adapter`) merged; returns it, the base and the
     checkpoint's factors (which a translation model ships for its encoder)."""
@@ -144,10 +153,9 @@ def build_cache(out: Path, examples: list[Example], *, worker: int = 0, workers:
     torch.set_num_threads(1)
     net, _, obj = encoder_of(adapter)
     out.mkdir(parents=True, exist_ok=True)
-    made_by, ours = cache_encoder(out), fingerprint(obj["factors"])
-    if made_by not in (None, ours) or (made_by is None and any(out.glob("*.pt"))):
-        raise SystemExit(f"{out} holds frames of another encoder ({made_by or 'unrecorded'}, this one is {ours}): "
-                         "use a new folder")
+    ours = fingerprint(obj["factors"])
+    if not check_cache_encoder(out, ours, "use a new folder") and any(out.glob("*.pt")):
+        raise SystemExit(f"{out} holds frames of another encoder (unrecorded, this one is {ours}): use a new folder")
     (out / "encoder.json").write_text(json.dumps({"fingerprint": ours, "adapter": str(adapter or
                                                                                      "whisper-tiny.en-causal")}))
     by_split: dict[str, list[Example]] = {}

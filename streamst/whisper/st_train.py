@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from streamst.whisper.st_cache import cache_encoder, corrected_targets, encoder_of, fingerprint, load_cache
+from streamst.whisper.st_cache import check_cache_encoder, corrected_targets, encoder_of, fingerprint, load_cache
 from streamst.whisper.translation import EMBEDDING, CausalWhisperTranslator, save_st_checkpoint
 
 PROMPT_SHARE = 1 / 3
@@ -53,16 +53,13 @@ class DecoderTrainer:
         ours = fingerprint(self.encoder_factors)
         self.train, self.dev = [], []
         for cache in caches:
-            made_by = cache_encoder(cache)
-            if made_by not in (None, ours):
-                name = adapter or "the shipped whisper-tiny.en-causal"
-                raise SystemExit(f"{cache} holds frames of another encoder ({made_by}) than {name} ({ours}): "
-                                 "pass the one that made it as --adapter")
-            if made_by is None:
+            name = adapter or "the shipped whisper-tiny.en-causal"
+            recorded = check_cache_encoder(cache, ours, f"pass the one that made it as --adapter (not {name})")
+            if not recorded:
                 print(f"{cache}: no encoder.json (made before it was recorded): trusting that its frames are this "
                       f"encoder's", flush=True)
             # caches made before the Bible reader was fixed carry its misaligned verses: those are corrected
-            correct = corrected_targets(lang) if made_by is None else None
+            correct = None if recorded else corrected_targets(lang)
             self.train += [(f, self._tokens(t)) for f, _, t in load_cache(cache, "train", lang, correct)]
             self.dev += load_cache(cache, "dev", lang, correct)
         if not self.train:
