@@ -96,6 +96,7 @@ class OnnxSpeechModel:
     """Features -> onnxruntime encoder step -> onnxruntime decoder, one stream state at a time."""
 
     appends_memory = True
+    batches = False  # one stream per onnxruntime call
     frame_ms = 40.0
 
     def __init__(self, folder: str | Path, threads: int = 0):

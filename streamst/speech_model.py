@@ -38,12 +38,15 @@ class SpeechModel(Protocol):
     Declared capabilities: `frame_ms`, source ms per encoder frame; `appends_memory`, True when `encode`
     returns only the frames of new audio (causal cached encoder), False when it returns the whole current memory
     (a model that re-encodes its window every chunk); `max_target_tokens`, the decoder's positions (start
-    tokens + forced prefix + continuation; None: unbounded), which the session never asks to exceed.
+    tokens + forced prefix + continuation; None: unbounded), which the session never asks to exceed;
+    `batches`, True when `encode_batch` and `decode_batch` run many streams' calls together (a scheduler then
+    groups streams; each row computes what its stream's own call would, up to float rounding).
     """
 
     frame_ms: float
     appends_memory: bool
     max_target_tokens: int | None
+    batches: bool
     tokenizer: Tokenizer  # target-side tokenizer (what the decoder writes)
     task: str  # "asr" or "st"
 
@@ -62,6 +65,16 @@ class SpeechModel(Protocol):
         """Force `prefix` (target token ids of the kept history), then continue greedily or with beam search;
         greedy decoding may end early where `stop` (`streamst.decoding.StopRule`) says. Returns the continuation
         and the stream's new model state."""
+        ...
+
+    def encode_batch(self, audios: list[torch.Tensor], states: list[Any], finals: list[bool]
+                     ) -> list[tuple[torch.Tensor, Any]]:
+        """`encode` of many streams (only where `batches`)."""
+        ...
+
+    def decode_batch(self, memories: list[torch.Tensor], prefixes: list[list[int]], states: list[Any],
+                     max_tokens: list[int], stops: list[StopRule | None]) -> list[tuple[Hypothesis, Any]]:
+        """Greedy `decode` of many streams (only where `batches`)."""
         ...
 
     def ctc_words(self, memory: torch.Tensor) -> int | None:

@@ -27,6 +27,7 @@ class StreamingSpeechModel:
     """Features -> cached causal encoder -> decoder, one stream state at a time (the state is a value)."""
 
     appends_memory = True
+    batches = True  # the fixed-size encoder caches stack; the decoder runs a slot buffer (`streamst.batching.steps`)
 
     def __init__(
         self,
@@ -76,6 +77,21 @@ class StreamingSpeechModel:
         hyp = decode(self.net.decoder, memory, prefix, tok.bos, tok.eos, beam=beam, max_tokens=max_tokens,
                      stop=stop, word_start_ids=tok.word_start_ids, mem_kv=list(cache.kv))
         return hyp, replace(state, memory=cache)
+
+    def encode_batch(self, audios: list[Tensor], states: list[StreamState], finals: list[bool]
+                     ) -> list[tuple[Tensor, StreamState]]:
+        from streamst.batching.steps import encode_many
+
+        return encode_many(self, audios, states, finals)
+
+    def decode_batch(self, memories: list[Tensor], prefixes: list[list[int]], states: list[StreamState],
+                     max_tokens: list[int], stops: list[StopRule | None]) -> list[tuple[Hypothesis, StreamState]]:
+        from streamst.batching.steps import greedy_many
+
+        tok = self.tokenizer
+        hyps, caches = greedy_many(self.net.decoder, memories, prefixes, tok.bos, tok.eos, max_tokens, stops,
+                                   tok.word_start_ids, [s.memory for s in states])
+        return [(hyp, replace(state, memory=cache)) for hyp, state, cache in zip(hyps, states, caches)]
 
     def samples_cut(self, state: StreamState) -> int:
         return 0

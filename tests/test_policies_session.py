@@ -66,6 +66,7 @@ class ScriptedModel:
 
     frame_ms = FRAME_MS
     appends_memory = True
+    batches = False
     max_target_tokens = None
     task = "asr"
 

@@ -3,19 +3,18 @@ batch over every stream that has a chunk, and greedy decoding as one batch over 
 decides now. Policies run per stream, on each stream's own view, so the committed words are those of the
 stream alone.
 
-Models whose states do not stack (Whisper re-encodes a window, the ONNX backend) and beam search fall back to
-each stream's own calls. A failure in one stream's work is that stream's result; the others still get theirs.
+Models that declare `batches` run `encode_batch` / `decode_batch`; the others (the ONNX backend, fairseq's
+re-encoding S2T) and beam search fall back to each stream's own calls. A failure in one stream's work is that stream's result; the others still get theirs.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from streamst.batching.steps import can_batch, encode_many, greedy_many
 from streamst.events import Event
 from streamst.session import DecodeRequest, Session
 
@@ -74,10 +73,10 @@ def _by_model(work: list[_Work]) -> list[list[_Work]]:
 def _encode(group: list[_Work], clock) -> None:
     model = group[0].session.model
     audios = [torch.from_numpy(np.require(w.audio, np.float32, ['C', 'W'])) for w in group]
-    if len(group) > 1 and can_batch(model):
+    if len(group) > 1 and model.batches:
         t0 = clock()
         try:
-            outs = encode_many(model, audios, [w.session.model_state for w in group], [w.final for w in group])
+            outs = model.encode_batch(audios, [w.session.model_state for w in group], [w.final for w in group])
         except Exception:  # noqa: BLE001 - find the stream at fault by running each alone
             outs = None
         if outs is not None:
@@ -107,22 +106,19 @@ def _absorb(w: _Work, frames: torch.Tensor, state: Any) -> None:
 
 def _decode(group: list[_Work], clock) -> None:
     model = group[0].session.model
-    greedy = [w for w in group if w.request.beam == 1] if can_batch(model) else []
+    greedy = [w for w in group if w.request.beam == 1] if model.batches else []
     if len(greedy) > 1:
         t0 = clock()
         try:
-            tok = model.tokenizer
-            hyps, caches = greedy_many(model.net.decoder, [w.request.memory for w in greedy],
-                                       [w.request.prefix for w in greedy], tok.bos, tok.eos,
-                                       [w.request.max_tokens for w in greedy], [w.request.stop for w in greedy],
-                                       tok.word_start_ids, [w.request.state.memory for w in greedy])
+            rs = [w.request for w in greedy]
+            outs = model.decode_batch([r.memory for r in rs], [r.prefix for r in rs], [r.state for r in rs],
+                                      [r.max_tokens for r in rs], [r.stop for r in rs])
         except Exception:  # noqa: BLE001 - find the stream at fault by decoding each alone
-            hyps = None
-        if hyps is not None:
+            outs = None
+        if outs is not None:
             share = (clock() - t0) / len(greedy)
-            for w, hyp, cache in zip(greedy, hyps, caches):
-                w.hyp, w.shared_s = hyp, w.shared_s + share
-                w.decoded_state = replace(w.request.state, memory=cache)
+            for w, (hyp, state) in zip(greedy, outs):
+                w.hyp, w.decoded_state, w.shared_s = hyp, state, w.shared_s + share
     for w in group:
         if w.hyp is not None:
             continue

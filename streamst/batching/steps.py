@@ -27,13 +27,6 @@ from streamst.model import Decoder, Encoder, EncoderState, ready_frames
 from streamst.speech_model import Hypothesis
 
 
-def can_batch(model: Any) -> bool:
-    """True for models whose states stack (streamst's own torch model); others run one stream at a time."""
-    from streamst.streaming_model import StreamingSpeechModel
-
-    return isinstance(model, StreamingSpeechModel)
-
-
 @torch.inference_mode()
 def encode_many(model: Any, audios: list[Tensor], states: list[Any], finals: list[bool]) -> list[tuple[Tensor, Any]]:
     """`model.encode(audio, state, final)` for every row, with the encoder run as one batch per chunk."""

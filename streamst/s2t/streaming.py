@@ -40,6 +40,7 @@ class S2TStreamingModel:
     """Re-encoding streaming model; greedy or beam decoding after a forced target-language tag and prefix."""
 
     appends_memory = False
+    batches = False  # re-encodes each stream's window: nothing stacks
 
     def __init__(self, bundle: S2TBundle, *, tgt_lang: str | None = None, name: str = "",
                  max_window_s: float | None = None):

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from streamst.decoding import StopRule
 from streamst.speech_model import Hypothesis
 from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_stream, init_encoder_state
 from streamst.whisper.load import LoadedWhisper
@@ -134,12 +133,8 @@ class CausalWhisperModel(WhisperStreamingModel):
         memory = torch.cat([state.encoded, frames]) if frames.shape[0] else state.encoded
         return memory, replace(state, audio=window, encoder=encoder, encoded=memory, info=info)
 
-    @torch.no_grad()
-    def decode(self, memory: Tensor, prefix: list[int], state: CausalWhisperState, *, beam: int = 1,
-               max_tokens: int = 64, stop: StopRule | None = None,
-               prompt: list[int] | None = None) -> tuple[Hypothesis, CausalWhisperState]:
-        """Whisper's decode (`WhisperStreamingModel.decode`), then the test for an early end-of-text."""
-        hyp, state = super().decode(memory, prefix, state, beam=beam, max_tokens=max_tokens, stop=stop, prompt=prompt)
+    def _after_decode(self, hyp: Hypothesis, prefix: list[int], state: CausalWhisperState):
+        """After each decode (lone or batched), the test for an early end-of-text."""
         restart = self.unwritten_restart(hyp, prefix, state) if self.restarts_early_ends else None
         # at once only when the continuation is empty (every written word is committed already), and not under
         # StreamAtt, which cuts the memory after its committed words itself

@@ -148,17 +148,18 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward_decoder(
         self, x: Tensor, cross_kv: tuple[Tensor, Tensor], self_kv: tuple[Tensor, Tensor] | None,
-        cross_blocked: Tensor | None = None,
+        cross_blocked: Tensor | None = None, self_blocked: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
         """One decoder step over new tokens x; returns output, cross-attention weights, the extended self KV.
-        `cross_blocked` [B, 1, 1, T] hides padded memory frames (batched training)."""
+        `cross_blocked` [B, 1, 1, T] hides padded memory frames (batched training, batched streams);
+        `self_blocked` [B, 1, n, L] hides padded token slots from self-attention (batched streams)."""
         h = self.attn_ln(x)
         k, v = self.attn.keys_values(h)
         offset = 0
         if self_kv is not None:
             offset = self_kv[0].shape[2]
             k, v = torch.cat([self_kv[0], k], dim=2), torch.cat([self_kv[1], v], dim=2)
-        x = x + self.attn.attend(h, k, v, causal_offset=offset)[0]
+        x = x + self.attn.attend(h, k, v, causal_offset=offset, blocked=self_blocked)[0]
         assert self.cross_attn is not None and self.cross_attn_ln is not None
         out, cross_weights = self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv, blocked=cross_blocked)
         x = x + out
@@ -224,15 +225,21 @@ class TextDecoder(nn.Module):
         return self.forward(tokens, cache, cross_blocked, project=False)[0]
 
     def forward(self, tokens: Tensor, cache: DecoderCache, cross_blocked: Tensor | None = None,
-                project: bool = True) -> tuple[Tensor, list[Tensor], DecoderCache]:
-        """tokens [B, n] after the cached ones -> logits [B, n, V], cross-attention per layer [B, H, n, T], cache."""
+                project: bool = True, positions: Tensor | None = None,
+                self_blocked: Tensor | None = None) -> tuple[Tensor, list[Tensor], DecoderCache]:
+        """tokens [B, n] after the cached ones -> logits [B, n, V], cross-attention per layer [B, H, n, T], cache.
+        Batched streams of different lengths give each row's `positions` [B, n] and hide its padding slots
+        (`self_blocked`, `cross_blocked`); otherwise the tokens sit at the cache's length onwards."""
         offset = cache.length
-        x = self.token_embedding(tokens) + self.positional_embedding[offset: offset + tokens.shape[1]]
+        if positions is None:
+            x = self.token_embedding(tokens) + self.positional_embedding[offset: offset + tokens.shape[1]]
+        else:
+            x = self.token_embedding(tokens) + self.positional_embedding[positions]
         new_self: list[tuple[Tensor, Tensor]] = []
         cross_weights: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             past = None if cache.self_kv is None else cache.self_kv[i]
-            x, weights, kv = block.forward_decoder(x, cache.cross[i], past, cross_blocked)
+            x, weights, kv = block.forward_decoder(x, cache.cross[i], past, cross_blocked, self_blocked)
             new_self.append(kv)
             cross_weights.append(weights)
         x = self.ln(x)

@@ -20,16 +20,20 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from streamst.decoding import Family, StopRule, StopTracker, cut_loop, greedy
 from streamst.speech_model import Hypothesis
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import (
-    N_SAMPLES, SAMPLES_PER_ENCODER_FRAME, Whisper, WhisperConfig, window_features,
+    N_SAMPLES, SAMPLES_PER_ENCODER_FRAME, DecoderCache, Whisper, WhisperConfig, window_features,
 )
 from streamst.whisper.tokenizer import WhisperTokenizer
 from streamst.whisper.vad import SileroVAD, VadState
+
+
+LOGIT_BLOCK = 2048  # vocabulary rows widened from fp16 at a time for batched logits (3 MB in fp32)
 
 
 @dataclass
@@ -55,11 +59,28 @@ class WhisperStreamState:
     info: WindowInfo = field(default_factory=WindowInfo)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One stream's decoder call, prepared (`WhisperStreamingModel._plan`)."""
+
+    tokens: list[int]  # [<|startofprev|> prompt] SOT sequence, forced prefix
+    sot_index: int  # where <|startoftranscript|> is
+    prefix_start: int  # where the forced prefix begins
+    history: bool  # some of the session's prefix is the prompt now
+    forced: list[int]
+    cache: DecoderCache  # the memory's cross-attention keys/values
+    state: object  # the stream's model state after the preparation
+    n_real: int  # real frames of the memory
+    frames: int  # frames the decoder attends over (the padded window, for the re-encoding model)
+    max_tokens: int
+
+
 class WhisperStreamingModel:
     """Streams a Whisper model; greedy or beam decoding after a forced SOT sequence and committed prefix."""
 
     frame_ms = SAMPLES_PER_ENCODER_FRAME * 1000 / 16000  # 20 ms per encoder frame
     appends_memory = False
+    batches = True  # decoding runs as one batch (`decode_batch`); each stream's encoder runs alone
     max_target_tokens = None  # the decoder's 448 positions are budgeted here, prompt and start tokens included
     max_frames = 1500  # the window: 30 s
     # the decoder's attention rows are over the padded window, not what the policy sees, so only the stop rule's
@@ -79,6 +100,7 @@ class WhisperStreamingModel:
         keep_s: float = 10.0,
         commit_after_s: float = 26.0,
         half_logits: bool = False,
+        max_prompt_tokens: int | None = None,
     ):
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
@@ -113,6 +135,11 @@ class WhisperStreamingModel:
         self.suppress_begin[[i for i in loaded.suppress_ids_begin if 0 <= i < len(self.suppress)]] = True
         self.loaded = loaded
         self.half_logits = self.net.decoder.token_embedding.weight.detach().half() if half_logits else None
+        # the prompt's last tokens that the decoder reads (Whisper's own limit: half its positions); each one costs
+        # a position of the prefix pass on every chunk
+        self.max_prompt_tokens = self.config.n_text_ctx // 2 - 1 if max_prompt_tokens is None else max_prompt_tokens
+        if not 0 <= self.max_prompt_tokens < self.config.n_text_ctx // 2:
+            raise ValueError(f"max_prompt_tokens must be in 0..{self.config.n_text_ctx // 2 - 1}, got {max_prompt_tokens}")
 
     # ------------------------------------------------------------------ encoder side
 
@@ -150,6 +177,10 @@ class WhisperStreamingModel:
         state = replace(state, audio=window, encoded=encoded, trimmed_samples=trimmed, vad=vad_state,
                         speech_seen=speech_seen, info=info)
         return encoded[: self.real_frames(window.numel())], state
+
+    def encode_batch(self, audios: list[Tensor], states: list, finals: list[bool]) -> list[tuple[Tensor, object]]:
+        """Each stream's `encode` in turn: windows of different lengths, trims and restarts do not stack."""
+        return [self.encode(audio, state, final) for audio, state, final in zip(audios, states, finals)]
 
     def trim_point(self, window: Tensor, info: WindowInfo) -> tuple[int, WindowInfo]:
         """Samples to cut from the front of a window longer than `trim_after_s` (0: none), and the info after it.
@@ -225,56 +256,119 @@ class WhisperStreamingModel:
 
         `memory` is what `encode` returned (the real frames); the decoder attends over the stream's whole padded
         window, as Whisper was trained to. The state comes back with the window's word boundaries (where a trim
-        may cut) and the detected language.
+        may cut) and the detected language. Greedy decoding is a batch of one of `decode_batch`.
         """
+        if beam <= 1:
+            return self.decode_batch([memory], [prefix], [state], [max_tokens], [stop], [prompt])[0]
+        plan, state = self._plan(memory, prefix, state, max_tokens, prompt)
+        if plan is None:
+            return self._after_decode(self._empty(memory, prefix), prefix, state)
+        hidden, cross, cache = self.net.decoder(torch.tensor([plan.tokens]), plan.cache, project=False)
+        sot_logits, last_logits = self._logits(hidden[0, [plan.sot_index, -1]])
+        prefix_att = self._select(cross)[:, :, plan.prefix_start:, :]
+        if self._no_speech(plan, sot_logits):
+            return self._after_decode(self._silent(plan, prefix_att), prefix, state)
+        tokens, rows, ended, score = self._beam_search(last_logits, cache, beam, plan.max_tokens)
+        tokens, rows, looped = cut_loop(tokens, rows)
+        attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, plan.frames)
+        hyp, state = self._finish(plan, prefix_att, tokens, attention, ended or looped, score)
+        return self._after_decode(hyp, prefix, state)
+
+    @torch.no_grad()
+    def decode_batch(self, memories: list[Tensor], prefixes: list[list[int]], states: list, max_tokens: list[int],
+                     stops: list[StopRule | None], prompts: list[list[int] | None] | None = None,
+                     ) -> list[tuple[Hypothesis, WhisperStreamState]]:
+        """Greedy `decode` of many streams at once: one prefix pass and one call per token for all of them, each
+        row left-padded to the longest forced sequence and its memory right-padded to the longest, the padding
+        hidden from attention. Each row's words are those it writes alone (up to float rounding: padding
+        changes the order of a few sums)."""
+        prompts = prompts or [None] * len(memories)
+        out: list = [None] * len(memories)
+        plans: list[tuple[int, _Plan]] = []
+        for i, (memory, prefix, state, budget, prompt) in enumerate(zip(memories, prefixes, states, max_tokens,
+                                                                        prompts)):
+            plan, state = self._plan(memory, prefix, state, budget, prompt)
+            if plan is None:
+                out[i] = (self._empty(memory, prefix), state)
+            else:
+                plans.append((i, plan))
+        if not plans:
+            return out
+        run = _BatchStep(self, [plan for _, plan in plans])
+        logits = run.start()
+        going: list[tuple[int, _Plan, int]] = []  # (output index, plan, row of the batch)
+        for row, (i, plan) in enumerate(plans):
+            if self._no_speech(plan, logits[row, 0]):
+                out[i] = (self._silent(plan, run.prefix_attention[row]), plan.state)
+            else:
+                going.append((i, plan, row))
+        if going:
+            family = Family(self.tokenizer.eot, suppress=lambda x, index: self._masked(x, first=index == 0),
+                            input_rows=True, attention_stop=self.attention_stop, peek_end=True)
+            rows = [row for _, _, row in going]
+            hyps = greedy(logits[rows, 1], [torch.zeros(*self._att_shape(), 1, plan.frames) for _, plan, _ in going],
+                          lambda alive, tokens: run.step([rows[a] for a in alive], tokens), [p.max_tokens for _, p, _ in going],
+                          [StopTracker(stops[i], self.tokenizer.word_start_ids) for i, _, _ in going], family)
+            for (i, plan, row), hyp in zip(going, hyps):
+                out[i] = self._finish(plan, run.prefix_attention[row], hyp.tokens, hyp.attention, hyp.ended, hyp.score)
+        return [self._after_decode(hyp, prefix, state) for (hyp, state), prefix in zip(out, prefixes)]
+
+    def _after_decode(self, hyp: Hypothesis, prefix: list[int], state):
+        """What a family adds after each decode (the causal model's test for an early end-of-text)."""
+        return hyp, state
+
+    def _plan(self, memory: Tensor, prefix: list[int], state, max_tokens: int,
+              prompt: list[int] | None) -> tuple[_Plan | None, object]:
+        """One stream's decoder input: prompt, SOT sequence and forced prefix, the memory's cross-attention keys and
+        values, and the budget; None when the memory is empty."""
         n_real = memory.shape[0]
-        empty_att = torch.zeros(*self._att_shape(), 0, n_real)
         if n_real == 0:
-            return Hypothesis([], empty_att, False, 0.0, torch.zeros(*self._att_shape(), len(prefix), 0)), state
+            return None, state
         features = state.encoded if state.encoded is not None and state.encoded.shape[0] >= n_real else memory
         info = state.info
         n_prompt = min(info.prompt_tokens, len(prefix))
         history, forced = list(prefix[:n_prompt]), list(prefix[n_prompt:])
         context = list(prompt or []) + history
+        context = context[max(0, len(context) - self.max_prompt_tokens):]
         initial: list[int] = []
         if context:
-            initial = [self.tokenizer.sot_prev] + context[-(self.config.n_text_ctx // 2 - 1):]
+            initial = [self.tokenizer.sot_prev] + context
         cache, state = self.cross_cache(features, state)
         sot_sequence, info = self._sot_sequence(initial, bool(prefix), info, cache)
         state = replace(state, info=info)
         sot_index = len(initial)
         initial += sot_sequence
-        n_forced_before_prefix = len(initial)
+        prefix_start = len(initial)
         initial += forced
         room = self.config.n_text_ctx - len(initial)
-        max_tokens = max(0, min(max_tokens, room))
-        # logits only where they are read (the no-speech test and the next token): the forced prefix needs none
-        hidden, cross, cache = self.net.decoder(torch.tensor([initial]), cache, project=False)
-        sot_logits, last_logits = self._logits(hidden[0, [sot_index, -1]])
-        prefix_att = self._select(cross)[:, :, n_forced_before_prefix:, :]
+        return _Plan(initial, sot_index, prefix_start, bool(history), forced, cache, state, n_real,
+                     features.shape[0], max(0, min(max_tokens, room))), state
+
+    def _empty(self, memory: Tensor, prefix: list[int]) -> Hypothesis:
+        n_real = memory.shape[0]
+        return Hypothesis([], torch.zeros(*self._att_shape(), 0, n_real), False, 0.0,
+                          torch.zeros(*self._att_shape(), len(prefix), n_real))
+
+    def _no_speech(self, plan: _Plan, sot_logits: Tensor) -> bool:
+        """Whisper's no-speech test on the logits after <|startoftranscript|> (only with nothing forced)."""
+        no_speech = self.tokenizer.no_speech
+        if plan.forced or no_speech is None or self.no_speech_threshold >= 1.0:
+            return False
+        return sot_logits.softmax(-1)[no_speech].item() > self.no_speech_threshold
+
+    def _silent(self, plan: _Plan, prefix_att: Tensor) -> Hypothesis:
+        prefix_out = self._fold(prefix_att, plan.n_real) if not plan.history else None
+        return Hypothesis([], torch.zeros(*self._att_shape(), 0, plan.n_real), True, 0.0, prefix_out)
+
+    def _finish(self, plan: _Plan, prefix_att: Tensor, tokens: list[int], attention: Tensor, ended: bool,
+                score: float) -> tuple[Hypothesis, object]:
+        """The continuation over the real frames, and the state with the window's word boundaries."""
+        n_real, state, info = plan.n_real, plan.state, plan.state.info
         # the session's prefix pieces cover the whole history: rows for the forced part only would not line up
-        prefix_out = self._fold(prefix_att, n_real) if not history else None
-        if not forced:
-            no_speech = self.tokenizer.no_speech
-            if no_speech is not None and self.no_speech_threshold < 1.0:
-                p = sot_logits.softmax(-1)[no_speech].item()
-                if p > self.no_speech_threshold:
-                    return Hypothesis([], empty_att, True, 0.0, prefix_out), state
-        if beam > 1:
-            tokens, rows, ended, score = self._beam_search(last_logits, cache, beam, max_tokens)
-            tokens, rows, looped = cut_loop(tokens, rows)
-            ended = ended or looped
-            attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, features.shape[0])
-        else:
-            family = Family(self.tokenizer.eot, suppress=lambda x, index: self._masked(x, first=index == 0),
-                            input_rows=True, attention_stop=self.attention_stop, peek_end=True)
-            run = _CacheStep(self, cache)
-            hyp = greedy(last_logits[None], [torch.zeros(*self._att_shape(), 1, features.shape[0])], run.step,
-                         [max_tokens], [StopTracker(stop, self.tokenizer.word_start_ids)], family)[0]
-            tokens, attention, ended, score = hyp.tokens, hyp.attention, hyp.ended, hyp.score
+        prefix_out = self._fold(prefix_att, n_real) if not plan.history else None
         attention = self._fold(attention, n_real)
         if not info.session_drops:
-            boundaries = self._word_boundaries(forced, self._fold(prefix_att, n_real), attention)
+            boundaries = self._word_boundaries(plan.forced, self._fold(prefix_att, n_real), attention)
             state = replace(state, info=replace(info, boundaries=boundaries))
         return Hypothesis(tokens, attention, ended, score, prefix_out), state
 
@@ -284,6 +378,18 @@ class WhisperStreamingModel:
         if self.half_logits is None:
             return self.net.decoder.logits(hidden)
         return (hidden.half() @ self.half_logits.T).float()
+
+    def _logits_many(self, hidden: Tensor) -> Tensor:
+        """Float logits [n, V] of several streams' final states [n, D]. CPUs without fp16 arithmetic multiply
+        several rows by an fp16 matrix slowly, so the fp16 copy is widened a block of rows at a time (the block
+        stays in cache: the memory traffic stays that of fp16)."""
+        if self.half_logits is None:
+            return self.net.decoder.logits(hidden)
+        out = hidden.new_empty(hidden.shape[0], self.half_logits.shape[0])
+        for start in range(0, self.half_logits.shape[0], LOGIT_BLOCK):
+            block = self.half_logits[start: start + LOGIT_BLOCK]
+            torch.mm(hidden, block.float().T, out=out[:, start: start + block.shape[0]])
+        return out
 
     def cross_cache(self, features: Tensor, state):
         """The decoder's cross-attention keys/values over `features` [T, D], and the state (which a model that
@@ -376,11 +482,11 @@ class WhisperStreamingModel:
             return self.config.n_text_layer, self.config.n_text_head
         return 1, len(self.alignment_heads)
 
-    def _select(self, cross: list[Tensor]) -> Tensor:
-        """Cross-attention of batch item 0 as [layers, heads, n, frames]: all, or the alignment heads as one layer."""
+    def _select(self, cross: list[Tensor], row: int = 0) -> Tensor:
+        """Cross-attention of one batch row as [layers, heads, n, frames]: all, or the alignment heads as one layer."""
         if self.attention_mode == "all":
-            return torch.stack([c[0] for c in cross])
-        return torch.stack([cross[layer][0, head] for layer, head in self.alignment_heads])[None]
+            return torch.stack([c[row] for c in cross])
+        return torch.stack([cross[layer][row, head] for layer, head in self.alignment_heads])[None]
 
     @staticmethod
     def _fold(attention: Tensor, n_real: int) -> Tensor:
@@ -424,12 +530,69 @@ def language_from_logits(logits: Tensor, language_ids: dict[str, int]) -> str:
     return codes[int(scores.argmax())]
 
 
-class _CacheStep:
-    """Whisper's decoder as the one loop's `Step` for one row: feeds a token, keeps the growing cache."""
+class _BatchStep:
+    """Whisper's decoder over prepared streams (`_Plan`s): the prefix pass (`start`), then the one greedy loop's
+    `Step`. Rows are left-padded to the longest forced sequence, so every row's next token goes in the same
+    slot, at its own position; memories are right-padded. A batch of one has no padding and no masks."""
 
-    def __init__(self, model: WhisperStreamingModel, cache):
-        self.model, self.cache = model, cache
+    def __init__(self, model: WhisperStreamingModel, plans: list[_Plan]):
+        self.model, self.plans = model, plans
+        lengths = [len(p.tokens) for p in plans]
+        self.width = max(lengths)
+        self.lengths = torch.tensor(lengths)
+        self.pads = self.width - self.lengths
+        self.padded = bool(self.pads.any())
+        frames = [p.frames for p in plans]
+        longest = max(frames)
+        if len(plans) == 1:
+            cross = list(plans[0].cache.cross)
+        else:
+            cross = [tuple(torch.cat([F.pad(p.cache.cross[layer][i], (0, 0, 0, longest - n)) for p, n in zip(plans, frames)])
+                           for i in range(2)) for layer in range(len(plans[0].cache.cross))]
+        self.cross_blocked = None
+        if len(set(frames)) > 1:
+            self.cross_blocked = (torch.arange(longest)[None, :] >= torch.tensor(frames)[:, None])[:, None, None, :]
+        self.cache = DecoderCache(cross=cross)
+        self.fed = 0
+        self.prefix_attention: list[Tensor] = []
+
+    def start(self) -> Tensor:
+        """The prefix pass: logits [B, 2, V] after <|startoftranscript|> and after the last forced token (logits only
+        where they are read: the forced prefix needs none); fills each row's `prefix_attention`."""
+        eot = self.model.tokenizer.eot
+        tokens = torch.full((len(self.plans), self.width), eot)
+        for row, plan in enumerate(self.plans):
+            tokens[row, self.width - len(plan.tokens):] = torch.tensor(plan.tokens)
+        positions = blocked = None
+        if self.padded:
+            cols = torch.arange(self.width)
+            positions = (cols[None, :] - self.pads[:, None]).clamp_min(0)
+            padding = cols[None, :] < self.pads[:, None]  # [B, keys]; a padding slot still sees itself (no NaN)
+            blocked = (padding[:, None, :] & (cols[:, None] != cols[None, :])[None])[:, None]
+        hidden, cross, self.cache = self.model.net.decoder(tokens, self.cache, self.cross_blocked, project=False,
+                                                           positions=positions, self_blocked=blocked)
+        picks = torch.stack([hidden[row, [int(self.pads[row]) + plan.sot_index, -1]]
+                             for row, plan in enumerate(self.plans)])
+        logits = self._logits(picks.flatten(0, 1)).view(len(self.plans), 2, -1)
+        for row, plan in enumerate(self.plans):
+            start = int(self.pads[row]) + plan.prefix_start
+            self.prefix_attention.append(self.model._select(cross, row)[:, :, start:, : plan.frames])
+        return logits
 
     def step(self, rows: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
-        out, cross, self.cache = self.model.net.decoder(torch.tensor([tokens]), self.cache, project=False)
-        return self.model._logits(out[0, -1])[None], [self.model._select(cross)]
+        """Feed `tokens` to batch rows `rows` (the others have finished: they get a token nobody reads)."""
+        feed = torch.full((len(self.plans), 1), self.model.tokenizer.eot)
+        feed[rows, 0] = torch.tensor(tokens)
+        positions = blocked = None
+        if self.padded:
+            positions = (self.lengths + self.fed).clamp_max(self.model.config.n_text_ctx - 1)[:, None]
+            keys = torch.arange(self.width + self.fed + 1)
+            blocked = (keys[None, :] < self.pads[:, None])[:, None, None, :]
+        out, cross, self.cache = self.model.net.decoder(feed, self.cache, self.cross_blocked, project=False,
+                                                        positions=positions, self_blocked=blocked)
+        self.fed += 1
+        logits = self._logits(out[0, -1])[None] if len(self.plans) == 1 else self._logits(out[rows, -1])
+        return logits, [self.model._select(cross, r)[..., : self.plans[r].frames] for r in rows]
+
+    def _logits(self, hidden: Tensor) -> Tensor:
+        return self.model._logits(hidden) if len(self.plans) == 1 else self.model._logits_many(hidden)
