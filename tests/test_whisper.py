@@ -334,6 +334,46 @@ def test_repetition_guard_on_real_speech(model):
 
 @needs_weights
 @needs_speech
+def test_streams_decoded_as_one_batch_write_what_each_writes_alone(model):
+    """`decode_batch` pads rows of different lengths (prompts of 0, 4 and 12 tokens, forced prefixes, memories of
+    two ages); each row's tokens are those of its own `decode`, and its attention rows cover its own frames."""
+    clips = librivox_clips()
+    rows = []
+    for (audio, _), seconds, prompt, forced in [(clips[0], 2.5, "", ""), (clips[1], 3.5, " Mr. Dashwood", " He"),
+                                                (clips[0], 3.0, " a story of" * 4, "")]:
+        memory, state = model.encode(torch.from_numpy(audio[: int(seconds * 16000)]), model.init_state())
+        rows.append((memory, model.tokenizer.encode(forced), state, model.tokenizer.encode(prompt) if prompt else None))
+    alone = [model.decode(m, p, s, max_tokens=30, prompt=q)[0] for m, p, s, q in rows]
+    together = model.decode_batch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [30] * 3,
+                                  [None] * 3, [r[3] for r in rows])
+    assert [h.tokens for h, _ in together] == [h.tokens for h in alone]
+    assert all(len(h.tokens) > 3 for h in alone)
+    for (h, _), a in zip(together, alone):
+        assert h.attention.shape == a.attention.shape
+        assert torch.allclose(h.attention, a.attention, atol=1e-3)
+
+
+@needs_weights
+@needs_speech
+def test_the_prompt_is_cut_to_its_last_max_prompt_tokens(model):
+    """With `max_prompt_tokens` 3 the decoder reads the last 3 prompt tokens only: the same continuation as a
+    3-token prompt, unlike the whole 12-token one (which loops on " and")."""
+    from streamst.whisper.streaming import WhisperStreamingModel
+
+    capped = WhisperStreamingModel(model.loaded, max_prompt_tokens=3)
+    audio, _ = librivox_clips()[0]
+    memory, state = model.encode(torch.from_numpy(audio[: 2560 * 16]), model.init_state())
+    long_prompt = model.tokenizer.encode(" and" * 12)
+    cut, _ = capped.decode(memory, [], state, max_tokens=40, prompt=long_prompt)
+    short, _ = model.decode(memory, [], state, max_tokens=40, prompt=long_prompt[-3:])
+    whole, _ = model.decode(memory, [], state, max_tokens=40, prompt=long_prompt)
+    assert cut.tokens == short.tokens != whole.tokens
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        WhisperStreamingModel(model.loaded, max_prompt_tokens=224)
+
+
+@needs_weights
+@needs_speech
 def test_vad_trims_leading_silence_and_passes_speech(model):
     pytest.importorskip("silero_vad", reason="silero-vad not installed")
     from streamst.whisper.streaming import WhisperStreamingModel

@@ -149,18 +149,29 @@ def encode_stream(encoder: AudioEncoder, audio: Tensor, state: CausalEncoderStat
     if h2.shape[1] > room:
         raise ValueError(f"the causal encoder holds at most {MAX_FRAMES} frames (30 s); reset it first")
     waiting = torch.cat([state.waiting, h2.T + encoder.positional_embedding[first: first + h2.shape[1]]])
-    frames, kv, out = state.frames, state.kv, []
-    while waiting.shape[0]:
-        size = first_block if frames == 0 else block
-        if waiting.shape[0] < size and not final:
-            break
-        x, kv = _run_blocks(encoder, waiting[None, :size], kv)
-        out.append(x[0])
-        frames += x.shape[1]
-        waiting = waiting[size:]
+    frames, kv = state.frames, state.kv
+    ready = ready_frames(frames, waiting.shape[0], block, first_block, final)
     d = encoder.conv1.out_channels
-    output = torch.cat(out) if out else torch.zeros(0, d)
-    return output, CausalEncoderState(mel_state, conv1_in, conv2_in, waiting, kv, frames)
+    if ready == 0:
+        return torch.zeros(0, d), CausalEncoderState(mel_state, conv1_in, conv2_in, waiting, kv, frames)
+    # every complete block in one pass (a restart re-encodes seconds of kept audio at once): a block sees the
+    # cache and the blocks up to its own, as block by block; one block needs no mask
+    ids = block_ids(frames + ready, block, first_block)
+    blocked = None
+    if ids[frames] != ids[-1]:
+        blocked = (ids[None, :] > ids[frames:, None])[None, None]
+    x, kv = _run_blocks(encoder, waiting[None, :ready], kv, blocked)
+    return x[0], CausalEncoderState(mel_state, conv1_in, conv2_in, waiting[ready:], kv, frames + ready)
+
+
+def ready_frames(done: int, waiting: int, block: int, first_block: int, final: bool) -> int:
+    """How many of `waiting` frames (after `done` encoded ones) fill whole blocks; at the end of a stream all."""
+    if final:
+        return waiting
+    first = first_block if done == 0 else 0
+    if waiting < first:
+        return 0
+    return first + (waiting - first) // block * block
 
 
 def encode_full(encoder: AudioEncoder, mel: Tensor, *, block: int = 16, first_block: int = 31,

@@ -292,11 +292,10 @@ class WhisperStreamingModel:
                 out[i] = (self._empty(memory, prefix), state)
             else:
                 plans.append((i, plan))
-        if not plans:
-            return out
-        run = _BatchStep(self, [plan for _, plan in plans])
-        logits = run.start()
         going: list[tuple[int, _Plan, int]] = []  # (output index, plan, row of the batch)
+        if plans:
+            run = _BatchStep(self, [plan for _, plan in plans])
+            logits = run.start()
         for row, (i, plan) in enumerate(plans):
             if self._no_speech(plan, logits[row, 0]):
                 out[i] = (self._silent(plan, run.prefix_attention[row]), plan.state)
