@@ -187,6 +187,39 @@ def test_batched_streams_write_what_each_writes_alone(tiny_causal):
 
 @needs_weights
 @needs_speech
+def test_reused_prefix_keys_and_values_decode_as_a_fresh_pass_over_the_same_memory():
+    """`prefix_cache`: a decode that starts from the last decode's keys/values (lone, and batched beside a row that
+    reuses less) writes what a fresh pass writes when the memory has not changed since, the only case where the
+    reuse is exact; the final pass never reuses."""
+    from dataclasses import replace
+
+    from streamst.checkpoint import read_checkpoint, resolve_model
+    from streamst.whisper.causal_streaming import load_causal_checkpoint
+
+    model = load_causal_checkpoint(read_checkpoint(resolve_model("whisper-tiny.en-causal")), prefix_cache=True)
+    streams = []
+    for audio, _ in librivox_clips()[:2]:
+        memory, state = model.encode(torch.from_numpy(audio[:48000]), model.init_state())
+        first, state = model.decode(memory, [], state, max_tokens=20)
+        assert state.prefix is not None and len(first.tokens) >= 4
+        streams.append((memory, state, first.tokens))
+    forced = [streams[0][2][:3], streams[1][2][:1]]  # committed: three tokens of one, one of the other
+    fresh = [model.decode(m, f, replace(s, prefix=None), max_tokens=20)[0] for (m, s, _), f in zip(streams, forced)]
+    reused = [model.decode(m, f, s, max_tokens=20)[0] for (m, s, _), f in zip(streams, forced)]
+    batched = model.decode_batch([m for m, _, _ in streams], forced, [s for _, s, _ in streams], [20, 20], [None, None])
+    for a, b, (c, _) in zip(fresh, reused, batched):
+        assert a.tokens == b.tokens == c.tokens and len(a.tokens) >= 2
+        for got in (b, c):
+            assert torch.allclose(got.attention, a.attention, atol=1e-4)
+            assert torch.allclose(got.prefix_attention, a.prefix_attention, atol=1e-4)
+    plan, _ = model._plan(streams[0][0], forced[0], streams[0][1], 20, None)
+    assert plan.reuse == len(plan.tokens) - 1  # everything but the last forced token came from the first decode
+    ended = replace(streams[0][1], final=True)
+    assert model._plan(streams[0][0], forced[0], ended, 20, None)[0].reuse == 0
+
+
+@needs_weights
+@needs_speech
 @pytest.mark.parametrize("spec", ["alignatt:frames=4", "offline"])
 def test_a_stream_longer_than_the_encoder_positions_keeps_every_part(spec):
     """40 s of real speech with restarts every few seconds: memory bounded, positions within 1,500, and words from

@@ -29,7 +29,7 @@ from streamst.speech_model import Hypothesis
 from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_stream, init_encoder_state
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import SAMPLES_PER_ENCODER_FRAME, DecoderCache
-from streamst.whisper.streaming import WhisperStreamingModel, WindowInfo, frame_energy
+from streamst.whisper.streaming import DecodedPrefix, WhisperStreamingModel, WindowInfo, frame_energy
 
 FRAME = SAMPLES_PER_ENCODER_FRAME
 LOOKAHEAD_SAMPLES = 520  # what the STFT and the two convolutions read past a frame's start (see causal.py)
@@ -67,6 +67,8 @@ class CausalWhisperState:
     cross: tuple[tuple[Tensor, Tensor], ...] | None = None  # keys/values of encoded[:n] per decoder layer
     restart: Restart | None = None  # the next `encode` restarts the window here (an early end-of-text)
     restart_if_committed: Restart | None = None  # ... once the last decode's words are all committed (the end)
+    prefix: DecodedPrefix | None = None  # the last decode's tokens and keys/values (`prefix_cache`; this window)
+    final: bool = False  # the stream's end has been encoded (the final passes decode afresh)
 
 
 class CausalWhisperModel(WhisperStreamingModel):
@@ -79,7 +81,7 @@ class CausalWhisperModel(WhisperStreamingModel):
 
     def __init__(self, loaded: LoadedWhisper, *, block: int = 16, first_block: int | None = None,
                  trim_after_s: float = 16.0, keep_s: float = 4.0, commit_after_s: float = 24.0,
-                 half_logits: bool = True, restart_on_drop: bool = True, **options):
+                 half_logits: bool = True, restart_on_drop: bool = True, prefix_cache: bool = True, **options):
         if options.get("vad") is not None:
             raise ValueError("the causal Whisper takes no VAD: its encoder runs on every chunk anyway")
         super().__init__(loaded, trim_after_s=trim_after_s, keep_s=keep_s, commit_after_s=commit_after_s,
@@ -87,6 +89,10 @@ class CausalWhisperModel(WhisperStreamingModel):
         if block < 1:
             raise ValueError(f"block must be >= 1 frame, got {block}")
         self.block, self.restart_on_drop = block, restart_on_drop
+        # reuse the last decode's self-attention keys/values for the tokens it shares with this one (an
+        # approximation: they were computed over the memory as it was then, a chunk or more shorter)
+        self.prefix_cache = prefix_cache
+        self.prefix_max_age_frames = 50  # ... at most 1 s shorter
         self.first_block = 2 * block - 1 if first_block is None else first_block
         # a window must fit the encoder's positions with room for the chunk in flight
         self.max_window_samples = (MAX_FRAMES - 2 * self.block) * FRAME
@@ -126,12 +132,36 @@ class CausalWhisperModel(WhisperStreamingModel):
             frames, encoder = encode_stream(self.net.encoder, kept, init_encoder_state(self.net.encoder), final,
                                             block=self.block, first_block=self.first_block)
             state = CausalWhisperState(kept, encoder, frames, info, 0,
-                                       state.trimmed_samples + cut - state.dropped * FRAME)
+                                       state.trimmed_samples + cut - state.dropped * FRAME, final=final)
             return frames, state
         frames, encoder = encode_stream(self.net.encoder, audio, state.encoder, final, block=self.block,
                                         first_block=self.first_block)
         memory = torch.cat([state.encoded, frames]) if frames.shape[0] else state.encoded
-        return memory, replace(state, audio=window, encoder=encoder, encoded=memory, info=info)
+        return memory, replace(state, audio=window, encoder=encoder, encoded=memory, info=info, final=final)
+
+    def _reusable(self, state: CausalWhisperState, tokens: list[int]) -> tuple[DecodedPrefix | None, int]:
+        """The last decode of this window (`prefix_cache`) and how many leading `tokens` it fed the same (all but
+        the last at most: that one's logits are needed)."""
+        past = state.prefix
+        if not self.prefix_cache or past is None or state.final or past.rows.shape[-1] > state.encoded.shape[0]:
+            return None, 0
+        if state.encoded.shape[0] - past.oldest > self.prefix_max_age_frames:  # decode afresh now and then
+            return None, 0
+        same = 0
+        for a, b in zip(past.tokens, tokens[:-1]):
+            if a != b:
+                break
+            same += 1
+        return (past, same) if same else (None, 0)
+
+    def _remember(self, state: CausalWhisperState, plan, run, row: int, tokens: list[int],
+                  rows: Tensor | None) -> CausalWhisperState:
+        if not self.prefix_cache:
+            return state
+        fed = run.token_rows[row] if rows is None or not tokens else torch.cat([run.token_rows[row], rows], dim=2)
+        oldest = plan.past.oldest if run.reused[row] else plan.frames
+        return replace(state, prefix=DecodedPrefix(tuple(plan.tokens) + tuple(tokens), run.row_kv(row, len(tokens)),
+                                                   fed, oldest))
 
     def _after_decode(self, hyp: Hypothesis, prefix: list[int], state: CausalWhisperState):
         """After each decode (lone or batched), the test for an early end-of-text."""
@@ -179,7 +209,7 @@ class CausalWhisperModel(WhisperStreamingModel):
         cross = None if state.cross is None else tuple((k[:, :, n:], v[:, :, n:]) for k, v in state.cross)
         info = replace(state.info, prompt_tokens=0, boundaries=[], session_drops=True)
         return replace(state, encoded=state.encoded[n:], dropped=state.dropped + n, cross=cross, info=info,
-                       restart=None, restart_if_committed=None)
+                       restart=None, restart_if_committed=None, prefix=None)
 
     def cross_cache(self, features: Tensor, state: CausalWhisperState):
         """Keys/values of the frames already projected come from the state; only new frames are projected."""

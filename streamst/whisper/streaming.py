@@ -73,6 +73,20 @@ class _Plan:
     n_real: int  # real frames of the memory
     frames: int  # frames the decoder attends over (the padded window, for the re-encoding model)
     max_tokens: int
+    past: DecodedPrefix | None = None  # an earlier decode's self-attention keys/values of `tokens[:reuse]`
+    reuse: int = 0
+
+
+@dataclass(frozen=True)
+class DecodedPrefix:
+    """What a decode leaves for the next one of the same window (`prefix_cache`): the tokens it fed (start
+    tokens, forced prefix, continuation), their self-attention keys/values per decoder layer [1, H, n, Dh], and
+    their policy attention rows [A, heads, n, frames] over the memory of that decode."""
+
+    tokens: tuple[int, ...]
+    kv: tuple[tuple[Tensor, Tensor], ...]
+    rows: Tensor
+    oldest: int  # memory frames when the oldest of these keys/values was computed (how stale they may be)
 
 
 class WhisperStreamingModel:
@@ -309,7 +323,9 @@ class WhisperStreamingModel:
                           lambda alive, tokens: run.step([rows[a] for a in alive], tokens), [p.max_tokens for _, p, _ in going],
                           [StopTracker(stops[i], self.tokenizer.word_start_ids) for i, _, _ in going], family)
             for (i, plan, row), hyp in zip(going, hyps):
-                out[i] = self._finish(plan, run.prefix_attention[row], hyp.tokens, hyp.attention, hyp.ended, hyp.score)
+                state = self._remember(plan.state, plan, run, row, hyp.tokens, hyp.attention)
+                out[i] = self._finish(replace(plan, state=state), run.prefix_attention[row], hyp.tokens,
+                                      hyp.attention, hyp.ended, hyp.score)
         return [self._after_decode(hyp, prefix, state) for (hyp, state), prefix in zip(out, prefixes)]
 
     def _after_decode(self, hyp: Hypothesis, prefix: list[int], state):
@@ -340,8 +356,18 @@ class WhisperStreamingModel:
         prefix_start = len(initial)
         initial += forced
         room = self.config.n_text_ctx - len(initial)
+        past, reuse = self._reusable(state, initial) if forced else (None, 0)
         return _Plan(initial, sot_index, prefix_start, bool(history), forced, cache, state, n_real,
-                     features.shape[0], max(0, min(max_tokens, room))), state
+                     features.shape[0], max(0, min(max_tokens, room)), past, reuse), state
+
+    def _reusable(self, state, tokens: list[int]) -> tuple[DecodedPrefix | None, int]:
+        """An earlier decode's keys/values that this one may start from, and how many of `tokens` they cover (the
+        re-encoding model has none: its whole memory changes every chunk)."""
+        return None, 0
+
+    def _remember(self, state, plan: _Plan, run: _BatchStep, row: int, tokens: list[int], rows: Tensor | None):
+        """The state after a greedy decode, keeping what the next decode may reuse (nothing here)."""
+        return state
 
     def _empty(self, memory: Tensor, prefix: list[int]) -> Hypothesis:
         n_real = memory.shape[0]
@@ -531,16 +557,21 @@ def language_from_logits(logits: Tensor, language_ids: dict[str, int]) -> str:
 
 class _BatchStep:
     """Whisper's decoder over prepared streams (`_Plan`s): the prefix pass (`start`), then the one greedy loop's
-    `Step`. Rows are left-padded to the longest forced sequence, so every row's next token goes in the same
-    slot, at its own position; memories are right-padded. A batch of one has no padding and no masks."""
+    `Step`. A row's slots are [reused keys/values][tokens fed now][continuation]: the reused part is
+    left-padded to the longest, the fed part too, so every row's next token goes in the same slot, at its own
+    position; memories are right-padded. Padding is hidden from attention; a batch of one has none."""
 
     def __init__(self, model: WhisperStreamingModel, plans: list[_Plan]):
         self.model, self.plans = model, plans
         lengths = [len(p.tokens) for p in plans]
-        self.width = max(lengths)
+        # each row reuses what it would alone (so its words are those it writes alone) and feeds the rest
+        self.reused = [p.reuse for p in plans]
+        self.width = max(n - e for n, e in zip(lengths, self.reused))
+        self.past = max(self.reused)
         self.lengths = torch.tensor(lengths)
-        self.pads = self.width - self.lengths
-        self.padded = bool(self.pads.any())
+        self.past_pads = self.past - torch.tensor(self.reused)
+        self.fed_pads = self.width - (self.lengths - torch.tensor(self.reused))
+        self.padded = bool(self.past_pads.any() or self.fed_pads.any())
         frames = [p.frames for p in plans]
         longest = max(frames)
         if len(plans) == 1:
@@ -551,31 +582,58 @@ class _BatchStep:
         self.cross_blocked = None
         if len(set(frames)) > 1:
             self.cross_blocked = (torch.arange(longest)[None, :] >= torch.tensor(frames)[:, None])[:, None, None, :]
-        self.cache = DecoderCache(cross=cross)
+        self_kv = None
+        if self.past:
+            self_kv = [tuple(torch.cat([self._past(plan, e, layer, i) for plan, e in zip(plans, self.reused)])
+                             for i in range(2)) for layer in range(len(cross))]
+        self.cache = DecoderCache(cross=cross, self_kv=self_kv)
         self.fed = 0
-        self.prefix_attention: list[Tensor] = []
+        self.token_rows: list[Tensor] = []  # per row: the policy attention rows of all its tokens
+        self.prefix_attention: list[Tensor] = []  # ... of its forced prefix
+
+    def _past(self, plan: _Plan, reused: int, layer: int, i: int) -> Tensor:
+        """One row's reused keys (i = 0) or values (1) of one layer, left-padded to the longest reuse."""
+        like = next(p.past for p, e in zip(self.plans, self.reused) if e).kv[layer][i]
+        if not reused:
+            return like.new_zeros(1, like.shape[1], self.past, like.shape[3])
+        return F.pad(plan.past.kv[layer][i][:, :, :reused], (0, 0, self.past - reused, 0))
+
+    def _padding(self, keys: int) -> Tensor:
+        """[B, keys] True at each row's padding slots."""
+        cols = torch.arange(keys)[None, :]
+        past = cols < self.past_pads[:, None]
+        fed = (cols >= self.past) & (cols < self.past + self.fed_pads[:, None])
+        return past | fed
 
     def start(self) -> Tensor:
         """The prefix pass: logits [B, 2, V] after <|startoftranscript|> and after the last forced token (logits only
         where they are read: the forced prefix needs none); fills each row's `prefix_attention`."""
         eot = self.model.tokenizer.eot
         tokens = torch.full((len(self.plans), self.width), eot)
-        for row, plan in enumerate(self.plans):
-            tokens[row, self.width - len(plan.tokens):] = torch.tensor(plan.tokens)
+        for row, (plan, e) in enumerate(zip(self.plans, self.reused)):
+            tokens[row, self.width - (len(plan.tokens) - e):] = torch.tensor(plan.tokens[e:])
         positions = blocked = None
         if self.padded:
             cols = torch.arange(self.width)
-            positions = (cols[None, :] - self.pads[:, None]).clamp_min(0)
-            padding = cols[None, :] < self.pads[:, None]  # [B, keys]; a padding slot still sees itself (no NaN)
-            blocked = (padding[:, None, :] & (cols[:, None] != cols[None, :])[None])[:, None]
+            positions = (cols[None, :] - self.fed_pads[:, None] + torch.tensor(self.reused)[:, None]).clamp_min(0)
+            keys = self.past + self.width
+            # a padding slot still sees itself (a row with every key hidden would be NaN)
+            itself = torch.arange(keys)[None, :] == (self.past + cols)[:, None]
+            blocked = (self._padding(keys)[:, None, :] & ~itself[None])[:, None]
         hidden, cross, self.cache = self.model.net.decoder(tokens, self.cache, self.cross_blocked, project=False,
                                                            positions=positions, self_blocked=blocked)
-        picks = torch.stack([hidden[row, [int(self.pads[row]) + plan.sot_index, -1]]
-                             for row, plan in enumerate(self.plans)])
+        # (a reused <|startoftranscript|> has no logits here: only a decode with nothing forced reads them, and
+        # such a decode reuses nothing)
+        picks = torch.stack([hidden[row, [max(0, int(self.fed_pads[row]) + plan.sot_index - e), -1]]
+                             for row, (plan, e) in enumerate(zip(self.plans, self.reused))])
         logits = self._logits(picks.flatten(0, 1)).view(len(self.plans), 2, -1)
-        for row, plan in enumerate(self.plans):
-            start = int(self.pads[row]) + plan.prefix_start
-            self.prefix_attention.append(self.model._select(cross, row)[:, :, start:, : plan.frames])
+        for row, (plan, e) in enumerate(zip(self.plans, self.reused)):
+            rows = self.model._select(cross, row)[:, :, int(self.fed_pads[row]):, : plan.frames]
+            if e:  # the reused tokens' rows, from the decode that fed them (over the fewer frames it had)
+                old = plan.past.rows[:, :, :e]
+                rows = torch.cat([F.pad(old, (0, plan.frames - old.shape[-1])), rows], dim=2)
+            self.token_rows.append(rows)
+            self.prefix_attention.append(rows[:, :, plan.prefix_start:])
         return logits
 
     def step(self, rows: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
@@ -585,13 +643,25 @@ class _BatchStep:
         positions = blocked = None
         if self.padded:
             positions = (self.lengths + self.fed).clamp_max(self.model.config.n_text_ctx - 1)[:, None]
-            keys = torch.arange(self.width + self.fed + 1)
-            blocked = (keys[None, :] < self.pads[:, None])[:, None, None, :]
+            blocked = self._padding(self.past + self.width + self.fed + 1)[:, None, None, :]
         out, cross, self.cache = self.model.net.decoder(feed, self.cache, self.cross_blocked, project=False,
                                                         positions=positions, self_blocked=blocked)
         self.fed += 1
         logits = self._logits(out[0, -1])[None] if len(self.plans) == 1 else self._logits(out[rows, -1])
         return logits, [self.model._select(cross, r)[..., : self.plans[r].frames] for r in rows]
+
+    def row_kv(self, row: int, n_tokens: int) -> tuple[tuple[Tensor, Tensor], ...]:
+        """Row `row`'s self-attention keys/values [1, H, n, Dh] of its tokens and its first `n_tokens` continuation
+        tokens, without padding (a copy: the batch is not kept alive)."""
+        e, past_pad, fed_pad = self.reused[row], int(self.past_pads[row]), int(self.fed_pads[row])
+        start = self.past + self.width
+        parts = []
+        for k, v in self.cache.self_kv:
+            pieces = [(t[row: row + 1, :, past_pad: self.past], t[row: row + 1, :, self.past + fed_pad: start],
+                       t[row: row + 1, :, start: start + n_tokens]) for t in (k, v)]
+            parts.append(tuple(torch.cat(p, dim=2) for p in pieces) if e else
+                         tuple(torch.cat(p[1:], dim=2) for p in pieces))
+        return tuple(parts)
 
     def _logits(self, hidden: Tensor) -> Tensor:
         return self.model._logits(hidden) if len(self.plans) == 1 else self.model._logits_many(hidden)
