@@ -295,8 +295,8 @@ def test_a_disconnect_frees_the_stream_while_the_others_go_on(tiny_model, clips)
 
 
 def test_models_whose_states_do_not_stack_run_their_streams_one_by_one_in_the_same_rounds(tiny_model, clips, tmp_path):
-    """The ONNX backend (like Whisper, whose window is re-encoded) has no stacked step: its streams take their own
-    calls, next to torch streams that are batched, and every stream still gets its own words."""
+    """The ONNX backend declares no batch calls (`batches` False): its streams take their own calls, next to torch
+    streams that are batched, and every stream still gets its own words."""
     from streamst.onnx_backend import load_onnx_model
     from streamst.onnx_export import export_onnx
 

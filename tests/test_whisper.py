@@ -356,18 +356,20 @@ def test_streams_decoded_as_one_batch_write_what_each_writes_alone(model):
 @needs_weights
 @needs_speech
 def test_the_prompt_is_cut_to_its_last_max_prompt_tokens(model):
-    """With `max_prompt_tokens` 3 the decoder reads the last 3 prompt tokens only: the same continuation as a
-    3-token prompt, unlike the whole 12-token one (which loops on " and")."""
+    """With `max_prompt_tokens` 3 the decoder reads the last 3 prompt tokens only: its input is <|startofprev|>,
+    those 3 and the SOT sequence, and it writes what a 3-token prompt makes it write."""
     from streamst.whisper.streaming import WhisperStreamingModel
 
     capped = WhisperStreamingModel(model.loaded, max_prompt_tokens=3)
     audio, _ = librivox_clips()[0]
     memory, state = model.encode(torch.from_numpy(audio[: 2560 * 16]), model.init_state())
     long_prompt = model.tokenizer.encode(" and" * 12)
+    plan, _ = capped._plan(memory, [], state, 40, long_prompt)
+    assert plan.tokens == [model.tokenizer.sot_prev] + long_prompt[-3:] + list(model.sot_sequence)
+    assert len(model._plan(memory, [], state, 40, long_prompt)[0].tokens) == len(plan.tokens) + 9
     cut, _ = capped.decode(memory, [], state, max_tokens=40, prompt=long_prompt)
     short, _ = model.decode(memory, [], state, max_tokens=40, prompt=long_prompt[-3:])
-    whole, _ = model.decode(memory, [], state, max_tokens=40, prompt=long_prompt)
-    assert cut.tokens == short.tokens != whole.tokens
+    assert cut.tokens == short.tokens and torch.allclose(cut.attention, short.attention)
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         WhisperStreamingModel(model.loaded, max_prompt_tokens=224)
 

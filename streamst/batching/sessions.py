@@ -4,7 +4,8 @@ decides now. Policies run per stream, on each stream's own view, so the committe
 stream alone.
 
 Models that declare `batches` run `encode_batch` / `decode_batch`; the others (the ONNX backend, fairseq's
-re-encoding S2T) and beam search fall back to each stream's own calls. A failure in one stream's work is that stream's result; the others still get theirs.
+re-encoding S2T) and beam search fall back to each stream's own calls. A failure in one stream's work is that
+stream's result; the others still get theirs.
 """
 from __future__ import annotations
 
