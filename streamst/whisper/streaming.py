@@ -292,10 +292,10 @@ class WhisperStreamingModel:
     def decode_batch(self, memories: list[Tensor], prefixes: list[list[int]], states: list, max_tokens: list[int],
                      stops: list[StopRule | None], prompts: list[list[int] | None] | None = None,
                      ) -> list[tuple[Hypothesis, WhisperStreamState]]:
-        """Greedy `decode` of many streams at once: one prefix pass and one call per token for all of them, each
-        row left-padded to the longest forced sequence and its memory right-padded to the longest, the padding
-        hidden from attention. Each row's words are those it writes alone (up to float rounding: padding
-        changes the order of a few sums)."""
+        """Greedy `decode` of many streams at once: one prefix pass and one call per token for all of them (the
+        tokens each row feeds, after any keys/values it reuses, left-padded to the longest; memories right-padded;
+        the padding hidden from attention). Each row's words are those it writes alone (up to float rounding:
+        padding changes the order of a few sums)."""
         prompts = prompts or [None] * len(memories)
         out: list = [None] * len(memories)
         plans: list[tuple[int, _Plan]] = []
@@ -319,9 +319,13 @@ class WhisperStreamingModel:
             family = Family(self.tokenizer.eot, suppress=lambda x, index: self._masked(x, first=index == 0),
                             input_rows=True, attention_stop=self.attention_stop, peek_end=True)
             rows = [row for _, _, row in going]
-            hyps = greedy(logits[rows, 1], [torch.zeros(*self._att_shape(), 1, plan.frames) for _, plan, _ in going],
-                          lambda alive, tokens: run.step([rows[a] for a in alive], tokens), [p.max_tokens for _, p, _ in going],
-                          [StopTracker(stops[i], self.tokenizer.word_start_ids) for i, _, _ in going], family)
+
+            def step(alive: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
+                return run.step([rows[a] for a in alive], tokens)
+
+            first_rows = [torch.zeros(*self._att_shape(), 1, plan.frames) for _, plan, _ in going]
+            trackers = [StopTracker(stops[i], self.tokenizer.word_start_ids) for i, _, _ in going]
+            hyps = greedy(logits[rows, 1], first_rows, step, [p.max_tokens for _, p, _ in going], trackers, family)
             for (i, plan, row), hyp in zip(going, hyps):
                 state = self._remember(plan.state, plan, run, row, hyp.tokens, hyp.attention)
                 out[i] = self._finish(replace(plan, state=state), run.prefix_attention[row], hyp.tokens,
@@ -577,8 +581,9 @@ class _BatchStep:
         if len(plans) == 1:
             cross = list(plans[0].cache.cross)
         else:
-            cross = [tuple(torch.cat([F.pad(p.cache.cross[layer][i], (0, 0, 0, longest - n)) for p, n in zip(plans, frames)])
-                           for i in range(2)) for layer in range(len(plans[0].cache.cross))]
+            cross = [tuple(torch.cat([F.pad(p.cache.cross[layer][i], (0, 0, 0, longest - n))
+                                      for p, n in zip(plans, frames)]) for i in range(2))
+                     for layer in range(len(plans[0].cache.cross))]
         self.cross_blocked = None
         if len(set(frames)) > 1:
             self.cross_blocked = (torch.arange(longest)[None, :] >= torch.tensor(frames)[:, None])[:, None, None, :]
