@@ -154,13 +154,12 @@ class CausalWhisperModel(WhisperStreamingModel):
             same += 1
         return (past, same) if same else (None, 0)
 
-    def _remember(self, state: CausalWhisperState, plan, run, row: int, tokens: list[int],
-                  rows: Tensor | None) -> CausalWhisperState:
+    def _remember(self, plan, run, row: int, tokens: list[int], rows: Tensor) -> CausalWhisperState:
         if not self.prefix_cache:
-            return state
-        fed = run.token_rows[row] if rows is None or not tokens else torch.cat([run.token_rows[row], rows], dim=2)
+            return plan.state
+        fed = torch.cat([run.token_rows[row], rows], dim=2)
         oldest = plan.past.oldest if run.reused[row] else plan.frames
-        return replace(state, prefix=DecodedPrefix(tuple(plan.tokens) + tuple(tokens), run.row_kv(row, len(tokens)),
+        return replace(plan.state, prefix=DecodedPrefix(tuple(plan.tokens) + tuple(tokens), run.row_kv(row, len(tokens)),
                                                    fed, oldest))
 
     def _after_decode(self, hyp: Hypothesis, prefix: list[int], state: CausalWhisperState):

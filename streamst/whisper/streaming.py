@@ -277,12 +277,12 @@ class WhisperStreamingModel:
         plan, state = self._plan(memory, prefix, state, max_tokens, prompt)
         if plan is None:
             return self._after_decode(self._empty(memory, prefix), prefix, state)
-        hidden, cross, cache = self.net.decoder(torch.tensor([plan.tokens]), plan.cache, project=False)
-        sot_logits, last_logits = self._logits(hidden[0, [plan.sot_index, -1]])
-        prefix_att = self._select(cross)[:, :, plan.prefix_start:, :]
+        run = _BatchStep(self, [replace(plan, past=None, reuse=0)])  # beam search decodes its prefix afresh
+        sot_logits, last_logits = run.start()[0]
+        prefix_att = run.prefix_attention[0]
         if self._no_speech(plan, sot_logits):
             return self._after_decode(self._silent(plan, prefix_att), prefix, state)
-        tokens, rows, ended, score = self._beam_search(last_logits, cache, beam, plan.max_tokens)
+        tokens, rows, ended, score = self._beam_search(last_logits, run.cache, beam, plan.max_tokens)
         tokens, rows, looped = cut_loop(tokens, rows)
         attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, plan.frames)
         hyp, state = self._finish(plan, prefix_att, tokens, attention, ended or looped, score)
@@ -327,7 +327,7 @@ class WhisperStreamingModel:
             trackers = [StopTracker(stops[i], self.tokenizer.word_start_ids) for i, _, _ in going]
             hyps = greedy(logits[rows, 1], first_rows, step, [p.max_tokens for _, p, _ in going], trackers, family)
             for (i, plan, row), hyp in zip(going, hyps):
-                state = self._remember(plan.state, plan, run, row, hyp.tokens, hyp.attention)
+                state = self._remember(plan, run, row, hyp.tokens, hyp.attention)
                 out[i] = self._finish(replace(plan, state=state), run.prefix_attention[row], hyp.tokens,
                                       hyp.attention, hyp.ended, hyp.score)
         return [self._after_decode(hyp, prefix, state) for (hyp, state), prefix in zip(out, prefixes)]
@@ -369,9 +369,10 @@ class WhisperStreamingModel:
         re-encoding model has none: its whole memory changes every chunk)."""
         return None, 0
 
-    def _remember(self, state, plan: _Plan, run: _BatchStep, row: int, tokens: list[int], rows: Tensor | None):
-        """The state after a greedy decode, keeping what the next decode may reuse (nothing here)."""
-        return state
+    def _remember(self, plan: _Plan, run: _BatchStep, row: int, tokens: list[int], rows: Tensor):
+        """The stream's state after a greedy decode of batch row `row` (its continuation `tokens` and their
+        attention `rows`), keeping what the next decode may reuse (nothing here)."""
+        return plan.state
 
     def _empty(self, memory: Tensor, prefix: list[int]) -> Hypothesis:
         n_real = memory.shape[0]
