@@ -96,20 +96,23 @@ class Family:
     position the token is fed to (Whisper's alignment heads) instead of the position that predicted it;
     `attention_stop`: the stop rule's attention test reads the rows (False where they are not over the memory
     the policy sees); `peek_end`: at the budget, the next token is still read to know whether it is the end
-    (free where `input_rows` already ran that step)."""
+    (free where `input_rows` already ran that step); `project(states [n, D]) -> logits [n, V]`: the step returns
+    final decoder states and only the rows that go on are projected (with `input_rows` the step runs before the
+    stop test, and the output projection is the costliest part of a token on a CPU)."""
 
     eos: int
     suppress: Callable[[Tensor, int], Tensor] | None = None
     input_rows: bool = False
     attention_stop: bool = True
     peek_end: bool = False
+    project: Callable[[Tensor], Tensor] | None = None
 
 
 class Step(Protocol):
     def __call__(self, rows: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
         """Feed `tokens[i]` to row `rows[i]` (ids of the batch given at the start): the next logits
-        [len(rows), V] and each row's cross-attention [layers, heads, 1, frames] of that position. Rows not
-        listed have finished and are never listed again."""
+        [len(rows), V] (final states [len(rows), D] for a family that `project`s) and each row's cross-attention
+        [layers, heads, 1, frames] of that position. Rows not listed have finished and are never listed again."""
         ...
 
 
@@ -163,6 +166,8 @@ def greedy(logits: Tensor, first_rows: list[Tensor | None], step: Step, budgets:
             current, fed = step(alive, [tokens[r][-1] for r in alive])
             for r, row in zip(alive, fed):
                 held[r] = row
+        if family.project is not None:
+            current = family.project(current)
         index += 1
     out = []
     for r in range(b):

@@ -33,6 +33,7 @@ from streamst.whisper.tokenizer import WhisperTokenizer
 from streamst.whisper.vad import SileroVAD, VadState
 
 
+SHORT_FEED = 8  # a batch's rows that feed at most this many tokens run their prefix pass apart from the others
 LOGIT_BLOCK = 2048  # vocabulary rows widened from fp16 at a time for batched logits (3 MB in fp32)
 
 
@@ -278,9 +279,10 @@ class WhisperStreamingModel:
         if plan is None:
             return self._after_decode(self._empty(memory, prefix), prefix, state)
         run = _BatchStep(self, [replace(plan, past=None, reuse=0)])  # beam search decodes its prefix afresh
-        sot_logits, last_logits = run.start()[0]
+        last_logits, sot_logits = run.start()
+        last_logits = last_logits[0]
         prefix_att = run.prefix_attention[0]
-        if self._no_speech(plan, sot_logits):
+        if self._no_speech(plan, sot_logits[0]):
             return self._after_decode(self._silent(plan, prefix_att), prefix, state)
         tokens, rows, ended, score = self._beam_search(last_logits, run.cache, beam, plan.max_tokens)
         tokens, rows, looped = cut_loop(tokens, rows)
@@ -294,8 +296,9 @@ class WhisperStreamingModel:
                      ) -> list[tuple[Hypothesis, WhisperStreamState]]:
         """Greedy `decode` of many streams at once: one prefix pass and one call per token for all of them (the
         tokens each row feeds, after any keys/values it reuses, left-padded to the longest; memories right-padded;
-        the padding hidden from attention). Each row's words are those it writes alone (up to float rounding:
-        padding changes the order of a few sums)."""
+        the padding hidden from attention), streams that feed a few tokens apart from those that feed many
+        (`feed_groups`). Each row's words are those it writes alone (up to float rounding: padding changes the
+        order of a few sums)."""
         prompts = prompts or [None] * len(memories)
         out: list = [None] * len(memories)
         plans: list[tuple[int, _Plan]] = []
@@ -306,31 +309,36 @@ class WhisperStreamingModel:
                 out[i] = (self._empty(memory, prefix), state)
             else:
                 plans.append((i, plan))
+        for group in feed_groups(plans):
+            self._decode_group(group, stops, out)
+        return [self._after_decode(hyp, prefix, state) for (hyp, state), prefix in zip(out, prefixes)]
+
+    def _decode_group(self, plans: list[tuple[int, _Plan]], stops: list[StopRule | None], out: list) -> None:
+        """One prefix pass and one greedy loop over prepared streams (`out[i]`: stream i's hypothesis and state)."""
+        run = _BatchStep(self, [plan for _, plan in plans])
+        logits, sot_logits = run.start()
         going: list[tuple[int, _Plan, int]] = []  # (output index, plan, row of the batch)
-        if plans:
-            run = _BatchStep(self, [plan for _, plan in plans])
-            logits = run.start()
         for row, (i, plan) in enumerate(plans):
-            if self._no_speech(plan, logits[row, 0]):
+            if self._no_speech(plan, sot_logits[row]):
                 out[i] = (self._silent(plan, run.prefix_attention[row]), plan.state)
             else:
                 going.append((i, plan, row))
-        if going:
-            family = Family(self.tokenizer.eot, suppress=lambda x, index: self._masked(x, first=index == 0),
-                            input_rows=True, attention_stop=self.attention_stop, peek_end=True)
-            rows = [row for _, _, row in going]
+        if not going:
+            return
+        family = Family(self.tokenizer.eot, suppress=lambda x, index: self._masked(x, first=index == 0),
+                        input_rows=True, attention_stop=self.attention_stop, peek_end=True, project=run.project)
+        rows = [row for _, _, row in going]
 
-            def step(alive: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
-                return run.step([rows[a] for a in alive], tokens)
+        def step(alive: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
+            return run.step([rows[a] for a in alive], tokens)
 
-            first_rows = [torch.zeros(*self._att_shape(), 1, plan.frames) for _, plan, _ in going]
-            trackers = [StopTracker(stops[i], self.tokenizer.word_start_ids) for i, _, _ in going]
-            hyps = greedy(logits[rows, 1], first_rows, step, [p.max_tokens for _, p, _ in going], trackers, family)
-            for (i, plan, row), hyp in zip(going, hyps):
-                state = self._remember(plan, run, row, hyp.tokens, hyp.attention)
-                out[i] = self._finish(replace(plan, state=state), run.prefix_attention[row], hyp.tokens,
-                                      hyp.attention, hyp.ended, hyp.score)
-        return [self._after_decode(hyp, prefix, state) for (hyp, state), prefix in zip(out, prefixes)]
+        first_rows = [torch.zeros(*self._att_shape(), 1, plan.frames) for _, plan, _ in going]
+        trackers = [StopTracker(stops[i], self.tokenizer.word_start_ids) for i, _, _ in going]
+        hyps = greedy(logits[rows], first_rows, step, [p.max_tokens for _, p, _ in going], trackers, family)
+        for (i, plan, row), hyp in zip(going, hyps):
+            state = self._remember(plan, run, row, hyp.tokens, hyp.attention)
+            out[i] = self._finish(replace(plan, state=state), run.prefix_attention[row], hyp.tokens,
+                                  hyp.attention, hyp.ended, hyp.score)
 
     def _after_decode(self, hyp: Hypothesis, prefix: list[int], state):
         """What a family adds after each decode (the causal model's test for an early end-of-text)."""
@@ -379,12 +387,15 @@ class WhisperStreamingModel:
         return Hypothesis([], torch.zeros(*self._att_shape(), 0, n_real), False, 0.0,
                           torch.zeros(*self._att_shape(), len(prefix), n_real))
 
-    def _no_speech(self, plan: _Plan, sot_logits: Tensor) -> bool:
-        """Whisper's no-speech test on the logits after <|startoftranscript|> (only with nothing forced)."""
-        no_speech = self.tokenizer.no_speech
-        if plan.forced or no_speech is None or self.no_speech_threshold >= 1.0:
+    def _reads_no_speech(self, plan: _Plan) -> bool:
+        """Whether this decode runs Whisper's no-speech test (only with nothing forced)."""
+        return not plan.forced and self.tokenizer.no_speech is not None and self.no_speech_threshold < 1.0
+
+    def _no_speech(self, plan: _Plan, sot_logits: Tensor | None) -> bool:
+        """Whisper's no-speech test on the logits after <|startoftranscript|> (None: not computed, not read)."""
+        if sot_logits is None or not self._reads_no_speech(plan):
             return False
-        return sot_logits.softmax(-1)[no_speech].item() > self.no_speech_threshold
+        return sot_logits.softmax(-1)[self.tokenizer.no_speech].item() > self.no_speech_threshold
 
     def _silent(self, plan: _Plan, prefix_att: Tensor) -> Hypothesis:
         prefix_out = self._fold(prefix_att, plan.n_real) if not plan.history else None
@@ -560,6 +571,15 @@ def language_from_logits(logits: Tensor, language_ids: dict[str, int]) -> str:
     return codes[int(scores.argmax())]
 
 
+def feed_groups(plans: list[tuple[int, _Plan]], short: int = SHORT_FEED) -> list[list[tuple[int, _Plan]]]:
+    """Streams that feed at most `short` tokens (they reuse their last decode's keys/values) apart from those that
+    feed more (a fresh decode, a long prompt): in one prefix pass every row is padded to the longest, so a fresh
+    decode beside reusing rows would make each of them pay for its whole prefix."""
+    few = [p for p in plans if len(p[1].tokens) - p[1].reuse <= short]
+    many = [p for p in plans if len(p[1].tokens) - p[1].reuse > short]
+    return [g for g in (few, many) if g]
+
+
 class _BatchStep:
     """Whisper's decoder over prepared streams (`_Plan`s): the prefix pass (`start`), then the one greedy loop's
     `Step`. A row's slots are [reused keys/values][tokens fed now][continuation]: the reused part is
@@ -611,9 +631,10 @@ class _BatchStep:
         fed = (cols >= self.past) & (cols < self.past + self.fed_pads[:, None])
         return past | fed
 
-    def start(self) -> Tensor:
-        """The prefix pass: logits [B, 2, V] after <|startoftranscript|> and after the last forced token (logits only
-        where they are read: the forced prefix needs none); fills each row's `prefix_attention`."""
+    def start(self) -> tuple[Tensor, list[Tensor | None]]:
+        """The prefix pass: logits [B, V] after the last forced token, and per row those after
+        <|startoftranscript|> where the no-speech test reads them (else None): logits only where they are read;
+        fills each row's `prefix_attention`."""
         eot = self.model.tokenizer.eot
         tokens = torch.full((len(self.plans), self.width), eot)
         for row, (plan, e) in enumerate(zip(self.plans, self.reused)):
@@ -630,9 +651,13 @@ class _BatchStep:
                                                            positions=positions, self_blocked=blocked)
         # (a reused <|startoftranscript|> has no logits here: only a decode with nothing forced reads them, and
         # such a decode reuses nothing)
-        picks = torch.stack([hidden[row, [max(0, int(self.fed_pads[row]) + plan.sot_index - e), -1]]
-                             for row, (plan, e) in enumerate(zip(self.plans, self.reused))])
-        logits = self._logits(picks.flatten(0, 1)).view(len(self.plans), 2, -1)
+        sot_rows = [row for row, plan in enumerate(self.plans) if self.model._reads_no_speech(plan)]
+        picks = [hidden[:, -1]] + [hidden[row, max(0, int(self.fed_pads[row]) + self.plans[row].sot_index
+                                                   - self.reused[row])][None] for row in sot_rows]
+        logits = self.project(torch.cat(picks))
+        sot_logits: list[Tensor | None] = [None] * len(self.plans)
+        for k, row in enumerate(sot_rows):
+            sot_logits[row] = logits[len(self.plans) + k]
         for row, (plan, e) in enumerate(zip(self.plans, self.reused)):
             rows = self.model._select(cross, row)[:, :, int(self.fed_pads[row]):, : plan.frames]
             if e:  # the reused tokens' rows, from the decode that fed them (over the fewer frames it had)
@@ -640,10 +665,11 @@ class _BatchStep:
                 rows = torch.cat([F.pad(old, (0, plan.frames - old.shape[-1])), rows], dim=2)
             self.token_rows.append(rows)
             self.prefix_attention.append(rows[:, :, plan.prefix_start:])
-        return logits
+        return logits[: len(self.plans)], sot_logits
 
     def step(self, rows: list[int], tokens: list[int]) -> tuple[Tensor, list[Tensor]]:
-        """Feed `tokens` to batch rows `rows` (the others have finished: they get a token nobody reads)."""
+        """Feed `tokens` to batch rows `rows` (the others have finished: they get a token nobody reads); their final
+        states [len(rows), D] (`project` makes logits of those that go on) and attention rows."""
         feed = torch.full((len(self.plans), 1), self.model.tokenizer.eot)
         feed[rows, 0] = torch.tensor(tokens)
         positions = blocked = None
@@ -653,8 +679,7 @@ class _BatchStep:
         out, cross, self.cache = self.model.net.decoder(feed, self.cache, self.cross_blocked, project=False,
                                                         positions=positions, self_blocked=blocked)
         self.fed += 1
-        logits = self._logits(out[0, -1])[None] if len(self.plans) == 1 else self._logits(out[rows, -1])
-        return logits, [self.model._select(cross, r)[..., : self.plans[r].frames] for r in rows]
+        return out[rows, -1], [self.model._select(cross, r)[..., : self.plans[r].frames] for r in rows]
 
     def row_kv(self, row: int, n_tokens: int) -> tuple[tuple[Tensor, Tensor], ...]:
         """Row `row`'s self-attention keys/values [1, H, n, Dh] of its tokens and its first `n_tokens` continuation
@@ -669,5 +694,6 @@ class _BatchStep:
                          tuple(torch.cat(p[1:], dim=2) for p in pieces))
         return tuple(parts)
 
-    def _logits(self, hidden: Tensor) -> Tensor:
-        return self.model._logits(hidden) if len(self.plans) == 1 else self.model._logits_many(hidden)
+    def project(self, hidden: Tensor) -> Tensor:
+        """Logits [n, V] of final states [n, D] (one row: the fp16 matrix-vector product; several: widened blocks)."""
+        return self.model._logits(hidden) if hidden.shape[0] == 1 else self.model._logits_many(hidden)
