@@ -279,12 +279,11 @@ class WhisperStreamingModel:
         if plan is None:
             return self._after_decode(self._empty(memory, prefix), prefix, state)
         run = _BatchStep(self, [replace(plan, past=None, reuse=0)])  # beam search decodes its prefix afresh
-        last_logits, sot_logits = run.start()
-        last_logits = last_logits[0]
+        logits, sot_logits = run.start()
         prefix_att = run.prefix_attention[0]
-        if self._no_speech(plan, sot_logits[0]):
+        if self._no_speech(sot_logits[0]):
             return self._after_decode(self._silent(plan, prefix_att), prefix, state)
-        tokens, rows, ended, score = self._beam_search(last_logits, run.cache, beam, plan.max_tokens)
+        tokens, rows, ended, score = self._beam_search(logits[0], run.cache, beam, plan.max_tokens)
         tokens, rows, looped = cut_loop(tokens, rows)
         attention = torch.cat(rows, dim=2) if rows else torch.zeros(*self._att_shape(), 0, plan.frames)
         hyp, state = self._finish(plan, prefix_att, tokens, attention, ended or looped, score)
@@ -319,7 +318,7 @@ class WhisperStreamingModel:
         logits, sot_logits = run.start()
         going: list[tuple[int, _Plan, int]] = []  # (output index, plan, row of the batch)
         for row, (i, plan) in enumerate(plans):
-            if self._no_speech(plan, sot_logits[row]):
+            if self._no_speech(sot_logits[row]):
                 out[i] = (self._silent(plan, run.prefix_attention[row]), plan.state)
             else:
                 going.append((i, plan, row))
@@ -391,9 +390,10 @@ class WhisperStreamingModel:
         """Whether this decode runs Whisper's no-speech test (only with nothing forced)."""
         return not plan.forced and self.tokenizer.no_speech is not None and self.no_speech_threshold < 1.0
 
-    def _no_speech(self, plan: _Plan, sot_logits: Tensor | None) -> bool:
-        """Whisper's no-speech test on the logits after <|startoftranscript|> (None: not computed, not read)."""
-        if sot_logits is None or not self._reads_no_speech(plan):
+    def _no_speech(self, sot_logits: Tensor | None) -> bool:
+        """Whisper's no-speech test on the logits after <|startoftranscript|> (None where `_reads_no_speech` is
+        False: not computed, not read)."""
+        if sot_logits is None:
             return False
         return sot_logits.softmax(-1)[self.tokenizer.no_speech].item() > self.no_speech_threshold
 
