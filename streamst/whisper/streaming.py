@@ -25,6 +25,7 @@ from torch import Tensor
 
 from streamst.decoding import Family, StopRule, StopTracker, cut_loop, greedy
 from streamst.speech_model import Hypothesis
+from streamst.whisper.half_logits import HalfLogits
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import (
     N_SAMPLES, SAMPLES_PER_ENCODER_FRAME, DecoderCache, Whisper, WhisperConfig, window_features,
@@ -34,7 +35,6 @@ from streamst.whisper.vad import SileroVAD, VadState
 
 
 SHORT_FEED = 8  # a batch's rows that feed at most this many tokens run their prefix pass apart from the others
-LOGIT_BLOCK = 2048  # vocabulary rows widened from fp16 at a time for batched logits (3 MB in fp32)
 
 
 @dataclass
@@ -149,7 +149,7 @@ class WhisperStreamingModel:
         self.suppress_begin = torch.zeros_like(self.suppress)
         self.suppress_begin[[i for i in loaded.suppress_ids_begin if 0 <= i < len(self.suppress)]] = True
         self.loaded = loaded
-        self.half_logits = self.net.decoder.token_embedding.weight.detach().half() if half_logits else None
+        self.half_logits = HalfLogits(self.net.decoder.token_embedding.weight) if half_logits else None
         # the prompt's last tokens that the decoder reads (Whisper's own limit: half its positions); each one costs
         # a position of the prefix pass on every chunk
         self.max_prompt_tokens = self.config.n_text_ctx // 2 - 1 if max_prompt_tokens is None else max_prompt_tokens
@@ -414,23 +414,11 @@ class WhisperStreamingModel:
         return Hypothesis(tokens, attention, ended, score, prefix_out), state
 
     def _logits(self, hidden: Tensor) -> Tensor:
-        """Float logits of final decoder states; with `half_logits` the output projection reads an fp16 copy of the
-        embedding (half the memory traffic of the step that dominates a token's cost on a CPU)."""
+        """Float logits of final decoder states [..., D]; with `half_logits` from an fp16 copy of the embedding
+        (`HalfLogits`: half the memory traffic of the step that dominates a token's cost on a CPU)."""
         if self.half_logits is None:
             return self.net.decoder.logits(hidden)
-        return (hidden.half() @ self.half_logits.T).float()
-
-    def _logits_many(self, hidden: Tensor) -> Tensor:
-        """Float logits [n, V] of several streams' final states [n, D]. CPUs without fp16 arithmetic multiply
-        several rows by an fp16 matrix slowly, so the fp16 copy is widened a block of rows at a time (the block
-        stays in cache: the memory traffic stays that of fp16)."""
-        if self.half_logits is None:
-            return self.net.decoder.logits(hidden)
-        out = hidden.new_empty(hidden.shape[0], self.half_logits.shape[0])
-        for start in range(0, self.half_logits.shape[0], LOGIT_BLOCK):
-            block = self.half_logits[start: start + LOGIT_BLOCK]
-            torch.mm(hidden, block.float().T, out=out[:, start: start + block.shape[0]])
-        return out
+        return self.half_logits(hidden)
 
     def cross_cache(self, features: Tensor, state):
         """The decoder's cross-attention keys/values over `features` [T, D], and the state (which a model that
@@ -695,5 +683,5 @@ class _BatchStep:
         return tuple(parts)
 
     def project(self, hidden: Tensor) -> Tensor:
-        """Logits [n, V] of final states [n, D] (one row: the fp16 matrix-vector product; several: widened blocks)."""
-        return self.model._logits(hidden) if hidden.shape[0] == 1 else self.model._logits_many(hidden)
+        """Logits [n, V] of final states [n, D]."""
+        return self.model._logits(hidden)
