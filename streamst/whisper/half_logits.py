@@ -18,13 +18,15 @@ BLOCK = 2048  # vocabulary rows widened at a time without fbgemm (3 MB in fp32)
 class HalfLogits:
     """Logits [n, V] of final decoder states [n, D] (or [D] -> [V]) against an fp16 copy of `embedding` [V, D]."""
 
-    def __init__(self, embedding: Tensor):
-        self.weight = embedding.detach().half()
+    def __init__(self, embedding: Tensor, fbgemm: bool = True):
+        weight = embedding.detach().half()
         self.packed = None
-        try:  # fbgemm's fp16 GEMM (x86 builds of torch)
-            self.packed = torch.ops.quantized.linear_prepack_fp16(self.weight.float(), None)
-        except (RuntimeError, AttributeError):
-            pass
+        if fbgemm:
+            try:  # fbgemm's fp16 GEMM (x86 builds of torch); it keeps its own fp16 copy
+                self.packed = torch.ops.quantized.linear_prepack_fp16(weight.float(), None)
+            except (RuntimeError, AttributeError):
+                pass
+        self.weight = weight if self.packed is None else None  # the fallback's matrix (not held twice)
 
     def __call__(self, hidden: Tensor) -> Tensor:
         rows = hidden.reshape(-1, hidden.shape[-1]).float()
