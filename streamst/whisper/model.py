@@ -86,6 +86,16 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Ten
     return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
 
 
+@dataclass(frozen=True)
+class RaggedKV:
+    """One layer's cross-attention keys and values for a batch of streams whose memories differ in length: each
+    row's own [1, H, T_row, Dh] as its stream keeps them (stacking them into one padded tensor would copy every
+    memory on every decode)."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+
+
 class MultiHeadAttention(nn.Module):
     """Attention with a bias-free key projection; returns the output and the attention weights [B, H, Tq, Tk]."""
 
@@ -123,6 +133,19 @@ class MultiHeadAttention(nn.Module):
         out = (weights @ v).transpose(1, 2).flatten(2)
         return self.out(out), weights
 
+    def attend_rows(self, x: Tensor, kv: RaggedKV) -> tuple[Tensor, list[Tensor]]:
+        """Attend each batch row's queries over its own keys/values (`RaggedKV`: no padding, no mask); the output
+        [B, n, D] and each row's weights [H, n, T_row]."""
+        q = self.split_heads(self.query(x))
+        scale = (q.shape[-1]) ** -0.5
+        outs, weights = [], []
+        for row, (k, v) in enumerate(zip(kv.keys, kv.values)):
+            w = ((q[row: row + 1] @ k.transpose(-1, -2)) * scale).float().softmax(dim=-1).to(q.dtype)
+            outs.append(w @ v)
+            weights.append(w[0])
+        out = torch.cat(outs).transpose(1, 2).flatten(2)
+        return self.out(out), weights
+
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block: self-attention, optional cross-attention, GELU MLP."""
@@ -147,12 +170,13 @@ class ResidualAttentionBlock(nn.Module):
         return x + self.mlp(self.mlp_ln(x)), (k, v)
 
     def forward_decoder(
-        self, x: Tensor, cross_kv: tuple[Tensor, Tensor], self_kv: tuple[Tensor, Tensor] | None,
+        self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | RaggedKV, self_kv: tuple[Tensor, Tensor] | None,
         cross_blocked: Tensor | None = None, self_blocked: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
-        """One decoder step over new tokens x; returns output, cross-attention weights, the extended self KV.
-        `cross_blocked` [B, 1, 1, T] hides padded memory frames (batched training, batched streams);
-        `self_blocked` [B, 1, n, L] hides padded token slots from self-attention (batched streams)."""
+    ) -> tuple[Tensor, Tensor | list[Tensor], tuple[Tensor, Tensor]]:
+        """One decoder step over new tokens x; returns output, cross-attention weights (a list of each row's with
+        `RaggedKV` memories), the extended self KV. `cross_blocked` [B, 1, 1, T] hides padded memory frames
+        (batched training); `self_blocked` [B, 1, n, L] hides padded token slots from self-attention (batched
+        streams)."""
         h = self.attn_ln(x)
         k, v = self.attn.keys_values(h)
         offset = 0
@@ -161,7 +185,10 @@ class ResidualAttentionBlock(nn.Module):
             k, v = torch.cat([self_kv[0], k], dim=2), torch.cat([self_kv[1], v], dim=2)
         x = x + self.attn.attend(h, k, v, causal_offset=offset, blocked=self_blocked)[0]
         assert self.cross_attn is not None and self.cross_attn_ln is not None
-        out, cross_weights = self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv, blocked=cross_blocked)
+        if isinstance(cross_kv, RaggedKV):
+            out, cross_weights = self.cross_attn.attend_rows(self.cross_attn_ln(x), cross_kv)
+        else:
+            out, cross_weights = self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv, blocked=cross_blocked)
         x = x + out
         x = x + self.mlp(self.mlp_ln(x))
         return x, cross_weights, (k, v)
@@ -190,9 +217,10 @@ class AudioEncoder(nn.Module):
 
 @dataclass
 class DecoderCache:
-    """Per-layer cross-attention K/V (fixed for one memory) and self-attention K/V (grows by one per token)."""
+    """Per-layer cross-attention K/V (fixed for one memory; `RaggedKV` for streams of different memories) and
+    self-attention K/V (grows by one per token)."""
 
-    cross: list[tuple[Tensor, Tensor]]
+    cross: list[tuple[Tensor, Tensor]] | list[RaggedKV]
     self_kv: list[tuple[Tensor, Tensor]] | None = None
 
     @property
@@ -227,7 +255,8 @@ class TextDecoder(nn.Module):
     def forward(self, tokens: Tensor, cache: DecoderCache, cross_blocked: Tensor | None = None,
                 project: bool = True, positions: Tensor | None = None,
                 self_blocked: Tensor | None = None) -> tuple[Tensor, list[Tensor], DecoderCache]:
-        """tokens [B, n] after the cached ones -> logits [B, n, V], cross-attention per layer [B, H, n, T], cache.
+        """tokens [B, n] after the cached ones -> logits [B, n, V], cross-attention per layer [B, H, n, T] (with
+        `RaggedKV` memories each row's [H, n, T_row]), cache.
         Batched streams of different lengths give each row's `positions` [B, n] and hide its padding slots
         (`self_blocked`, `cross_blocked`); otherwise the tokens sit at the cache's length onwards."""
         offset = cache.length

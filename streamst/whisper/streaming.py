@@ -28,7 +28,7 @@ from streamst.speech_model import Hypothesis
 from streamst.whisper.half_logits import HalfLogits
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import (
-    N_SAMPLES, SAMPLES_PER_ENCODER_FRAME, DecoderCache, Whisper, WhisperConfig, window_features,
+    N_SAMPLES, SAMPLES_PER_ENCODER_FRAME, DecoderCache, RaggedKV, Whisper, WhisperConfig, window_features,
 )
 from streamst.whisper.tokenizer import WhisperTokenizer
 from streamst.whisper.vad import SileroVAD, VadState
@@ -294,8 +294,8 @@ class WhisperStreamingModel:
                      stops: list[StopRule | None], prompts: list[list[int] | None] | None = None,
                      ) -> list[tuple[Hypothesis, WhisperStreamState]]:
         """Greedy `decode` of many streams at once: one prefix pass and one call per token for all of them (the
-        tokens each row feeds, after any keys/values it reuses, left-padded to the longest; memories right-padded;
-        the padding hidden from attention), streams that feed a few tokens apart from those that feed many
+        tokens each row feeds, after any keys/values it reuses, left-padded to the longest, the padding hidden from
+        attention; each row cross-attends over its own memory), streams that feed a few tokens apart from those that feed many
         (`feed_groups`). Each row's words are those it writes alone (up to float rounding: padding changes the
         order of a few sums)."""
         prompts = prompts or [None] * len(memories)
@@ -511,11 +511,12 @@ class WhisperStreamingModel:
             return self.config.n_text_layer, self.config.n_text_head
         return 1, len(self.alignment_heads)
 
-    def _select(self, cross: list[Tensor], row: int = 0) -> Tensor:
-        """Cross-attention of one batch row as [layers, heads, n, frames]: all, or the alignment heads as one layer."""
+    def _select(self, cross: list[Tensor] | list[list[Tensor]], row: int = 0) -> Tensor:
+        """Cross-attention of one batch row as [layers, heads, n, frames]: all, or the alignment heads as one layer
+        (`cross` per layer: [B, H, n, T], or each row's [H, n, T_row] over ragged memories)."""
         if self.attention_mode == "all":
             return torch.stack([c[row] for c in cross])
-        return torch.stack([cross[layer][row, head] for layer, head in self.alignment_heads])[None]
+        return torch.stack([cross[layer][row][head] for layer, head in self.alignment_heads])[None]
 
     @staticmethod
     def _fold(attention: Tensor, n_real: int) -> Tensor:
@@ -572,7 +573,7 @@ class _BatchStep:
     """Whisper's decoder over prepared streams (`_Plan`s): the prefix pass (`start`), then the one greedy loop's
     `Step`. A row's slots are [reused keys/values][tokens fed now][continuation]: the reused part is
     left-padded to the longest, the fed part too, so every row's next token goes in the same slot, at its own
-    position; memories are right-padded. Padding is hidden from attention; a batch of one has none."""
+    position; padding is hidden from attention. Each row cross-attends over its own memory (`RaggedKV`)."""
 
     def __init__(self, model: WhisperStreamingModel, plans: list[_Plan]):
         self.model, self.plans = model, plans
@@ -585,17 +586,11 @@ class _BatchStep:
         self.past_pads = self.past - torch.tensor(self.reused)
         self.fed_pads = self.width - (self.lengths - torch.tensor(self.reused))
         self.padded = bool(self.past_pads.any() or self.fed_pads.any())
-        frames = [p.frames for p in plans]
-        longest = max(frames)
         if len(plans) == 1:
             cross = list(plans[0].cache.cross)
-        else:
-            cross = [tuple(torch.cat([F.pad(p.cache.cross[layer][i], (0, 0, 0, longest - n))
-                                      for p, n in zip(plans, frames)]) for i in range(2))
+        else:  # each row attends over its own memory: nothing stacked, nothing padded
+            cross = [RaggedKV([p.cache.cross[layer][0] for p in plans], [p.cache.cross[layer][1] for p in plans])
                      for layer in range(len(plans[0].cache.cross))]
-        self.cross_blocked = None
-        if len(set(frames)) > 1:
-            self.cross_blocked = (torch.arange(longest)[None, :] >= torch.tensor(frames)[:, None])[:, None, None, :]
         self_kv = None
         if self.past:
             self_kv = [tuple(torch.cat([self._past(plan, e, layer, i) for plan, e in zip(plans, self.reused)])
@@ -635,8 +630,8 @@ class _BatchStep:
             # a padding slot still sees itself (a row with every key hidden would be NaN)
             itself = torch.arange(keys)[None, :] == (self.past + cols)[:, None]
             blocked = (self._padding(keys)[:, None, :] & ~itself[None])[:, None]
-        hidden, cross, self.cache = self.model.net.decoder(tokens, self.cache, self.cross_blocked, project=False,
-                                                           positions=positions, self_blocked=blocked)
+        hidden, cross, self.cache = self.model.net.decoder(tokens, self.cache, project=False, positions=positions,
+                                                           self_blocked=blocked)
         # (a reused <|startoftranscript|> has no logits here: only a decode with nothing forced reads them, and
         # such a decode reuses nothing)
         sot_rows = [row for row, plan in enumerate(self.plans) if self.model._reads_no_speech(plan)]
@@ -647,7 +642,7 @@ class _BatchStep:
         for k, row in enumerate(sot_rows):
             sot_logits[row] = logits[len(self.plans) + k]
         for row, (plan, e) in enumerate(zip(self.plans, self.reused)):
-            rows = self.model._select(cross, row)[:, :, int(self.fed_pads[row]):, : plan.frames]
+            rows = self.model._select(cross, row)[:, :, int(self.fed_pads[row]):]
             if e:  # the reused tokens' rows, from the decode that fed them (over the fewer frames it had)
                 old = plan.past.rows[:, :, :e]
                 rows = torch.cat([F.pad(old, (0, plan.frames - old.shape[-1])), rows], dim=2)
@@ -664,10 +659,10 @@ class _BatchStep:
         if self.padded:
             positions = (self.lengths + self.fed).clamp_max(self.model.config.n_text_ctx - 1)[:, None]
             blocked = self._padding(self.past + self.width + self.fed + 1)[:, None, None, :]
-        out, cross, self.cache = self.model.net.decoder(feed, self.cache, self.cross_blocked, project=False,
-                                                        positions=positions, self_blocked=blocked)
+        out, cross, self.cache = self.model.net.decoder(feed, self.cache, project=False, positions=positions,
+                                                        self_blocked=blocked)
         self.fed += 1
-        return out[rows, -1], [self.model._select(cross, r)[..., : self.plans[r].frames] for r in rows]
+        return out[rows, -1], [self.model._select(cross, r) for r in rows]
 
     def row_kv(self, row: int, n_tokens: int) -> tuple[tuple[Tensor, Tensor], ...]:
         """Row `row`'s self-attention keys/values [1, H, n, Dh] of its tokens and its first `n_tokens` continuation
