@@ -62,17 +62,22 @@ def main() -> int:
     parser.add_argument("--restart-on-drop", choices=["yes", "no"],
                         help="a causal Whisper under StreamAtt: re-encode the kept audio after every drop (yes), or "
                              "only once the window outgrows its trim length (no); default: the model's own")
+    parser.add_argument("--restart-drop-s", type=float, default=None,
+                        help="a causal Whisper under StreamAtt: restart once this much audio was dropped "
+                             "(default: the model's, 3 s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     audio, reference = looped_stream(args.minutes)
-    if args.restart_on_drop is None:
+    if args.restart_on_drop is None and args.restart_drop_s is None:
         model = load_model(args.model)
     else:  # a causal Whisper checkpoint, built with the choice given
         from streamst.checkpoint import read_checkpoint, resolve_model
         from streamst.whisper.causal_streaming import load_causal_checkpoint
 
-        model = load_causal_checkpoint(read_checkpoint(resolve_model(args.model)),
-                                       restart_on_drop=args.restart_on_drop == "yes")
+        options = {} if args.restart_drop_s is None else {"restart_drop_s": args.restart_drop_s}
+        if args.restart_on_drop is not None:
+            options["restart_on_drop"] = args.restart_on_drop == "yes"
+        model = load_causal_checkpoint(read_checkpoint(resolve_model(args.model)), **options)
     session = Session(model, parse_policy(args.policy), chunk_ms=args.chunk_ms, beam=args.beam)
     step = session.chunker.chunk_samples
     words: list[str] = []

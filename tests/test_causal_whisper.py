@@ -349,14 +349,16 @@ def test_streamatt_writes_a_long_stream_once(tiny_causal):
 
 
 @needs_weights
-@pytest.mark.parametrize("restart_on_drop", [True, False])
-def test_a_drop_restarts_the_encoder_at_once_or_when_the_window_outgrows_its_trim(restart_on_drop):
+@pytest.mark.parametrize("restart_on_drop,restart_drop_s", [(True, 0.0), (True, 1.0), (False, 0.0)])
+def test_a_drop_restarts_the_encoder_once_enough_is_dropped_or_when_the_window_outgrows_its_trim(
+        restart_on_drop, restart_drop_s):
     """After StreamAtt drops frames, the memory is the running encoder's frames without them; the encoder restarts
-    on the kept audio at the next chunk (`restart_on_drop`), or keeps running until the window outgrows
-    `trim_after_s` and restarts there, where the memory then begins."""
+    on the kept audio at the next chunk once `restart_drop_s` of audio has been dropped (`restart_on_drop`), or
+    keeps running until the window outgrows `trim_after_s` and restarts there, where the memory then begins."""
     from streamst.whisper.load import load_whisper
 
-    model = CausalWhisperModel(load_whisper(TINY_EN), trim_after_s=4.0, keep_s=2.0, restart_on_drop=restart_on_drop)
+    model = CausalWhisperModel(load_whisper(TINY_EN), trim_after_s=4.0, keep_s=2.0, restart_on_drop=restart_on_drop,
+                               restart_drop_s=restart_drop_s)
     audio = torch.from_numpy(speechlike(6.0))
     piece = 5120
     running = []  # the encoder's frames with no drop at all
@@ -366,9 +368,9 @@ def test_a_drop_restarts_the_encoder_at_once_or_when_the_window_outgrows_its_tri
         running.append(frames)
     running = torch.cat(running)
 
-    def restarted(end: int) -> torch.Tensor:
-        """A fresh encoder's frames of the audio after the 30 dropped frames, up to `end`."""
-        frames, _ = encode_stream(model.net.encoder, audio[30 * 320: end], init_encoder_state(model.net.encoder),
+    def restarted(dropped: int, end: int) -> torch.Tensor:
+        """A fresh encoder's frames of the audio after the first `dropped` frames, up to `end`."""
+        frames, _ = encode_stream(model.net.encoder, audio[dropped * 320: end], init_encoder_state(model.net.encoder),
                                   False, block=model.block, first_block=model.first_block)
         return frames
 
@@ -376,15 +378,22 @@ def test_a_drop_restarts_the_encoder_at_once_or_when_the_window_outgrows_its_tri
     for _ in range(5):  # 1.6 s
         memory, state = model.encode(audio[fed: fed + piece], state)
         fed += piece
-    state = model.drop_frames(state, 30)
+    state = model.drop_frames(state, 30)  # 0.6 s
     memory, state = model.encode(audio[fed: fed + piece], state)
     fed += piece
-    if restart_on_drop:
+    if restart_on_drop and restart_drop_s == 0:
         assert state.dropped == 0 and state.audio.numel() == fed - 30 * 320
-        torch.testing.assert_close(memory, restarted(fed))
+        torch.testing.assert_close(memory, restarted(30, fed))
         return
     assert state.dropped == 30 and state.audio.numel() == fed  # the encoder ran on the new audio only
     torch.testing.assert_close(memory, running[30: 30 + memory.shape[0]])
+    if restart_on_drop:  # 1 s: the next drop of 0.6 s makes 1.2 s dropped, and the next chunk restarts
+        state = model.drop_frames(state, 30)
+        memory, state = model.encode(audio[fed: fed + piece], state)
+        fed += piece
+        assert state.dropped == 0 and state.audio.numel() == fed - 60 * 320
+        torch.testing.assert_close(memory, restarted(60, fed))
+        return
     while state.audio.numel() + piece <= 4 * 16000:
         memory, state = model.encode(audio[fed: fed + piece], state)
         fed += piece
@@ -393,7 +402,7 @@ def test_a_drop_restarts_the_encoder_at_once_or_when_the_window_outgrows_its_tri
     memory, state = model.encode(audio[fed: fed + piece], state)  # the window outgrows 4 s: restart at the drop
     fed += piece
     assert state.dropped == 0 and state.audio.numel() == fed - 30 * 320
-    torch.testing.assert_close(memory, restarted(fed))
+    torch.testing.assert_close(memory, restarted(30, fed))
 
 
 @needs_weights
