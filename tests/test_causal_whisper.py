@@ -17,8 +17,8 @@ from streamst.events import Word
 from streamst.policies import parse_policy
 from streamst.session import Session
 from streamst.whisper.causal import (
-    MAX_FRAMES, block_ids, causal_log_mel, encode_full, encode_stream, init_encoder_state, init_mel_state,
-    stream_log_mel,
+    MAX_FRAMES, block_ids, causal_log_mel, encode_full, encode_stream, encode_streams, init_encoder_state,
+    init_mel_state, stream_log_mel,
 )
 from streamst.whisper.causal_streaming import CausalWhisperModel
 from streamst.whisper.lora import add_lora, lora_factors, merge_factors
@@ -100,6 +100,36 @@ def test_a_frame_never_sees_a_later_block(small_net):
     # frame m is ready once 320 m + 520 samples are in: blocks wholly before sample 32000 are untouched
     safe = int((ids < ids[(32000 - 520) // 320]).sum())
     assert safe > 60 and torch.equal(a[:safe], b[:safe]) and not torch.equal(a, b)
+
+
+def test_streams_encoded_together_equal_each_alone(small_net):
+    """`encode_streams` batches the streams that add one block (each row over its own cache); a first block, a
+    several-block pass, a chunk that fills no block and a stream's end go alone: every stream's frames and
+    caches are those it gets alone."""
+    enc = small_net.encoder
+    audios = [torch.from_numpy(speechlike(4.0, seed=s)) for s in range(5)]
+    # streams at different points: 2.0 s, 2.0 s and 2.96 s in (each next chunk adds one block), none yet, 1.0 s
+    starts = [32000, 32000, 47360, 0, 16000]
+    states = []
+    with torch.no_grad():
+        for audio, start in zip(audios, starts):
+            state = init_encoder_state(enc)
+            if start:
+                _, state = encode_stream(enc, audio[:start], state, False)
+            states.append(state)
+        chunks = [a[s: s + 5120] for a, s in zip(audios, starts)]
+        chunks[4] = audios[4][16000: 16100]  # fills no block
+        finals = [False, False, False, False, True]
+        chunks[3] = audios[3][:16000]  # a first block and more in one pass
+        together = encode_streams(enc, chunks, states, finals)
+        alone = [encode_stream(enc, c, s, f) for c, s, f in zip(chunks, states, finals)]
+    assert [f.shape[0] for f, _ in together[:3]] == [16, 16, 16]  # the batched ones
+    for (f, state), (g, want) in zip(together, alone):
+        torch.testing.assert_close(f, g, atol=1e-5, rtol=1e-5)
+        assert state.frames == want.frames and state.waiting.shape == want.waiting.shape
+        for (k, v), (wk, wv) in zip(state.kv, want.kv):
+            torch.testing.assert_close(k, wk, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v, wv, atol=1e-5, rtol=1e-5)
 
 
 def test_encoder_refuses_more_than_its_positions(small_net):

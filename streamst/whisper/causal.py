@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamst.whisper.model import HOP_LENGTH, N_FFT, AudioEncoder, mel_filters
+from streamst.whisper.model import HOP_LENGTH, N_FFT, AudioEncoder, RaggedKV, mel_filters
 
 MAX_FRAMES = 1500  # the encoder's positions: 30 s
 STFT_REACH = N_FFT // 2  # a centred STFT frame reaches 200 samples past its centre
@@ -138,9 +138,32 @@ def _run_blocks(encoder: AudioEncoder, x: Tensor, kv: tuple, blocked: Tensor | N
     return encoder.ln_post(x), tuple(new_kv)
 
 
-def encode_stream(encoder: AudioEncoder, audio: Tensor, state: CausalEncoderState, final: bool, *,
-                  block: int = 16, first_block: int = 31) -> tuple[Tensor, CausalEncoderState]:
-    """The encoder frames [t, D] of every block that `audio` completes (all frames at the end of the stream)."""
+def _run_rows(encoder: AudioEncoder, x: Tensor, caches: list[tuple]) -> tuple[Tensor, list[tuple]]:
+    """The transformer over one new block per stream, x [B, t, D], each row after its own stream's cache; the
+    outputs and each stream's keys/values."""
+    new_kv = []
+    for i, layer in enumerate(encoder.blocks):
+        past = RaggedKV([kv[i][0] for kv in caches], [kv[i][1] for kv in caches])
+        x, layer_kv = layer.forward_encoder(x, past=past)
+        new_kv.append(layer_kv)
+    return encoder.ln_post(x), [tuple((kv.keys[r], kv.values[r]) for kv in new_kv) for r in range(x.shape[0])]
+
+
+@dataclass(frozen=True)
+class _Front:
+    """One stream's chunk after the front end: the new mel state and convolution tails, the frames waiting for a
+    block (with their positions), and how many of them fill whole blocks now."""
+
+    mel: MelState
+    conv1_in: Tensor
+    conv2_in: Tensor
+    waiting: Tensor
+    ready: int
+
+
+def _front(encoder: AudioEncoder, audio: Tensor, state: CausalEncoderState, final: bool, block: int,
+           first_block: int) -> _Front:
+    """Log-mel and the two convolutions of the new audio (`encode_stream`'s first half)."""
     mel, mel_state = stream_log_mel(audio, state.mel, final, encoder.conv1.in_channels)
     h1, conv1_in = _conv_tail(encoder.conv1, torch.cat([state.conv1_in, mel], 1), final)
     h2, conv2_in = _conv_tail(encoder.conv2, torch.cat([state.conv2_in, h1], 1), final)
@@ -149,19 +172,60 @@ def encode_stream(encoder: AudioEncoder, audio: Tensor, state: CausalEncoderStat
     if h2.shape[1] > room:
         raise ValueError(f"the causal encoder holds at most {MAX_FRAMES} frames (30 s); reset it first")
     waiting = torch.cat([state.waiting, h2.T + encoder.positional_embedding[first: first + h2.shape[1]]])
-    frames, kv = state.frames, state.kv
-    ready = ready_frames(frames, waiting.shape[0], block, first_block, final)
-    d = encoder.conv1.out_channels
-    if ready == 0:
-        return torch.zeros(0, d), CausalEncoderState(mel_state, conv1_in, conv2_in, waiting, kv, frames)
-    # every complete block in one pass (a restart re-encodes seconds of kept audio at once): a block sees the
-    # cache and the blocks up to its own, as block by block; one block needs no mask
-    ids = block_ids(frames + ready, block, first_block)
-    blocked = None
-    if ids[frames] != ids[-1]:
-        blocked = (ids[None, :] > ids[frames:, None])[None, None]
-    x, kv = _run_blocks(encoder, waiting[None, :ready], kv, blocked)
-    return x[0], CausalEncoderState(mel_state, conv1_in, conv2_in, waiting[ready:], kv, frames + ready)
+    ready = ready_frames(state.frames, waiting.shape[0], block, first_block, final)
+    return _Front(mel_state, conv1_in, conv2_in, waiting, ready)
+
+
+def _blocks_mask(done: int, ready: int, block: int, first_block: int) -> Tensor | None:
+    """The mask of `ready` new frames after `done` encoded ones: every complete block in one pass (a restart
+    re-encodes seconds of kept audio at once), each seeing the cache and the blocks up to its own, as block by
+    block; None for one block (no mask needed)."""
+    ids = block_ids(done + ready, block, first_block)
+    if ids[done] == ids[-1]:
+        return None
+    return (ids[None, :] > ids[done:, None])[None, None]
+
+
+def encode_stream(encoder: AudioEncoder, audio: Tensor, state: CausalEncoderState, final: bool, *,
+                  block: int = 16, first_block: int = 31) -> tuple[Tensor, CausalEncoderState]:
+    """The encoder frames [t, D] of every block that `audio` completes (all frames at the end of the stream)."""
+    return encode_streams(encoder, [audio], [state], [final], block=block, first_block=first_block)[0]
+
+
+def encode_streams(encoder: AudioEncoder, audios: list[Tensor], states: list[CausalEncoderState],
+                   finals: list[bool], *, block: int = 16,
+                   first_block: int = 31) -> list[tuple[Tensor, CausalEncoderState]]:
+    """`encode_stream` of several streams: the front end per stream; the streams whose new frames are one block
+    after a cache go through the transformer together, one row each (rows of one length; each attends over its
+    own cache: 16 frames of one stream use the weights as poorly as one), the others (a first block, a restart's
+    seconds of audio, a stream's end) one by one."""
+    fronts = [_front(encoder, a, s, f, block, first_block) for a, s, f in zip(audios, states, finals)]
+    by_length: dict[int, list[int]] = {}
+    for i, (front, state) in enumerate(zip(fronts, states)):
+        if front.ready and state.kv and _blocks_mask(state.frames, front.ready, block, first_block) is None:
+            by_length.setdefault(front.ready, []).append(i)
+    together = [group for group in by_length.values() if len(group) > 1]
+    out: list = [None] * len(fronts)
+    for group in together:
+        x = torch.stack([fronts[i].waiting[: fronts[i].ready] for i in group])
+        x, caches = _run_rows(encoder, x, [states[i].kv for i in group])
+        for row, i in enumerate(group):
+            out[i] = (x[row], _encoded_state(fronts[i], states[i], caches[row]))
+    for i, (front, state) in enumerate(zip(fronts, states)):
+        if out[i] is not None:
+            continue
+        if front.ready == 0:
+            out[i] = (torch.zeros(0, encoder.conv1.out_channels), _encoded_state(front, state, state.kv))
+            continue
+        blocked = _blocks_mask(state.frames, front.ready, block, first_block)
+        x, kv = _run_blocks(encoder, front.waiting[None, : front.ready], state.kv, blocked)
+        out[i] = (x[0], _encoded_state(front, state, kv))
+    return out
+
+
+def _encoded_state(front: _Front, state: CausalEncoderState, kv: tuple) -> CausalEncoderState:
+    return CausalEncoderState(front.mel, front.conv1_in, front.conv2_in, front.waiting[front.ready:], kv,
+                              state.frames + front.ready)
 
 
 def ready_frames(done: int, waiting: int, block: int, first_block: int, final: bool) -> int:

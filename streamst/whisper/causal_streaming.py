@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from streamst.speech_model import Hypothesis
-from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_stream, init_encoder_state
+from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_streams, init_encoder_state
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import SAMPLES_PER_ENCODER_FRAME, DecoderCache
 from streamst.whisper.streaming import DecodedPrefix, WhisperStreamingModel, WindowInfo, frame_energy
@@ -72,6 +72,20 @@ class CausalWhisperState:
     final: bool = False  # the stream's end has been encoded (the final passes decode afresh)
 
 
+@dataclass(frozen=True)
+class _EncoderInput:
+    """What one stream's chunk feeds its encoder (`CausalWhisperModel._encoder_input`): the audio and the encoder
+    state it runs from (after a restart: all the kept audio, from a fresh state), the window's audio after it, its
+    info, and the samples the model has cut from the stream so far."""
+
+    audio: Tensor
+    encoder: CausalEncoderState
+    window: Tensor
+    info: WindowInfo
+    restarted: bool
+    trimmed_samples: int
+
+
 class CausalWhisperModel(WhisperStreamingModel):
     """Streams Whisper through its causal encoder (a model fine-tuned for it: `streamst.whisper.finetune`)."""
 
@@ -109,10 +123,33 @@ class CausalWhisperModel(WhisperStreamingModel):
         return CausalWhisperState(torch.zeros(0), init_encoder_state(self.net.encoder),
                                   torch.zeros(0, self.config.n_audio_state))
 
-    @torch.no_grad()
     def encode(self, audio: Tensor, state: CausalWhisperState, final: bool = False) -> tuple[Tensor, CausalWhisperState]:
         """Run the encoder on the new audio (or restart it on the kept audio after a trim or a drop); returns the
-        memory."""
+        memory. A stream alone is a batch of one of `encode_batch`."""
+        return self.encode_batch([audio], [state], [final])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, audios: list[Tensor], states: list[CausalWhisperState],
+                     finals: list[bool]) -> list[tuple[Tensor, CausalWhisperState]]:
+        """Each stream's `encode`, their encoder steps run together (`encode_streams`: the streams that add one
+        block batch through the transformer)."""
+        inputs = [self._encoder_input(a, s, f) for a, s, f in zip(audios, states, finals)]
+        steps = encode_streams(self.net.encoder, [i.audio for i in inputs], [i.encoder for i in inputs], finals,
+                               block=self.block, first_block=self.first_block)
+        out = []
+        for inp, state, final, (frames, encoder) in zip(inputs, states, finals, steps):
+            if inp.restarted:
+                out.append((frames, CausalWhisperState(inp.window, encoder, frames, inp.info, 0, inp.trimmed_samples,
+                                                       final=final)))
+                continue
+            memory = torch.cat([state.encoded, frames]) if frames.shape[0] else state.encoded
+            out.append((memory, replace(state, audio=inp.window, encoder=encoder, encoded=memory, info=inp.info,
+                                        final=final)))
+        return out
+
+    def _encoder_input(self, audio: Tensor, state: CausalWhisperState, final: bool) -> _EncoderInput:
+        """What this chunk feeds the encoder: its new audio, or after a trim, a drop or an early end-of-text, the
+        kept audio from a fresh encoder state."""
         audio = audio.float().reshape(-1)
         if final:
             audio = torch.cat([audio, torch.zeros(END_SILENCE_SAMPLES)])
@@ -139,15 +176,9 @@ class CausalWhisperModel(WhisperStreamingModel):
         if cut:
             cut = max(cut, state.dropped * FRAME)
             kept = window[cut:]
-            frames, encoder = encode_stream(self.net.encoder, kept, init_encoder_state(self.net.encoder), final,
-                                            block=self.block, first_block=self.first_block)
-            state = CausalWhisperState(kept, encoder, frames, info, 0,
-                                       state.trimmed_samples + cut - state.dropped * FRAME, final=final)
-            return frames, state
-        frames, encoder = encode_stream(self.net.encoder, audio, state.encoder, final, block=self.block,
-                                        first_block=self.first_block)
-        memory = torch.cat([state.encoded, frames]) if frames.shape[0] else state.encoded
-        return memory, replace(state, audio=window, encoder=encoder, encoded=memory, info=info, final=final)
+            return _EncoderInput(kept, init_encoder_state(self.net.encoder), kept, info, True,
+                                 state.trimmed_samples + cut - state.dropped * FRAME)
+        return _EncoderInput(audio, state.encoder, window, info, False, state.trimmed_samples)
 
     def _reusable(self, state: CausalWhisperState, tokens: list[int]) -> tuple[DecodedPrefix | None, int]:
         """The last decode of this window (`prefix_cache`) and how many leading `tokens` it fed the same (all but

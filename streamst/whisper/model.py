@@ -160,10 +160,17 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp_ln = nn.LayerNorm(n_state)
 
     def forward_encoder(self, x: Tensor, blocked: Tensor | None = None,
-                        past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Self-attention over `past` keys/values (a causal encoder's cache) and x's own; returns x and all keys/values."""
+                        past: tuple[Tensor, Tensor] | RaggedKV | None = None,
+                        ) -> tuple[Tensor, tuple[Tensor, Tensor] | RaggedKV]:
+        """Self-attention over `past` keys/values (a causal encoder's cache) and x's own; returns x and all keys/values.
+        With `RaggedKV` (streams batched by row, caches of different lengths) each row attends over its own."""
         h = self.attn_ln(x)
         k, v = self.attn.keys_values(h)
+        if isinstance(past, RaggedKV):
+            kv = RaggedKV([torch.cat([pk, k[r: r + 1]], dim=2) for r, pk in enumerate(past.keys)],
+                          [torch.cat([pv, v[r: r + 1]], dim=2) for r, pv in enumerate(past.values)])
+            x = x + self.attn.attend_rows(h, kv)[0]
+            return x + self.mlp(self.mlp_ln(x)), kv
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         x = x + self.attn.attend(h, k, v, blocked=blocked)[0]

@@ -95,7 +95,7 @@ class WhisperStreamingModel:
 
     frame_ms = SAMPLES_PER_ENCODER_FRAME * 1000 / 16000  # 20 ms per encoder frame
     appends_memory = False
-    batches = True  # decoding runs as one batch (`decode_batch`); each stream's encoder runs alone
+    batches = True  # decoding runs as one batch (`decode_batch`); encoding as the family can (`encode_batch`)
     max_target_tokens = None  # the decoder's 448 positions are budgeted here, prompt and start tokens included
     max_frames = 1500  # the window: 30 s
     # the decoder's attention rows are over the padded window, not what the policy sees, so only the stop rule's
