@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from streamst.whisper.model import HOP_LENGTH, N_FFT, AudioEncoder, RaggedKV, mel_filters
+from streamst.whisper.model import HOP_LENGTH, N_FFT, AudioEncoder, mel_filters
 
 MAX_FRAMES = 1500  # the encoder's positions: 30 s
 STFT_REACH = N_FFT // 2  # a centred STFT frame reaches 200 samples past its centre
@@ -101,7 +101,8 @@ def causal_log_mel(audio: Tensor, n_mels: int = 80) -> Tensor:
 @dataclass(frozen=True)
 class CausalEncoderState:
     """One stream's encoder: its mel state, the convolutions' input tails, frames waiting to fill a block, and per
-    layer the keys/values [1, H, T, Dh] of every frame so far (at most 1500)."""
+    layer the keys/values [1, H, T, Dh] of every frame so far (at most 1500; `Growing`: a chunk adds its block
+    without copying the rest)."""
 
     mel: MelState
     conv1_in: Tensor  # [n_mels, k] mel frames from the one before the next conv1 output
@@ -143,10 +144,9 @@ def _run_rows(encoder: AudioEncoder, x: Tensor, caches: list[tuple]) -> tuple[Te
     outputs and each stream's keys/values."""
     new_kv = []
     for i, layer in enumerate(encoder.blocks):
-        past = RaggedKV([kv[i][0] for kv in caches], [kv[i][1] for kv in caches])
-        x, layer_kv = layer.forward_encoder(x, past=past)
-        new_kv.append(layer_kv)
-    return encoder.ln_post(x), [tuple((kv.keys[r], kv.values[r]) for kv in new_kv) for r in range(x.shape[0])]
+        x, rows = layer.forward_encoder(x, past=[kv[i] for kv in caches])
+        new_kv.append(rows)
+    return encoder.ln_post(x), [tuple(rows[r] for rows in new_kv) for r in range(x.shape[0])]
 
 
 @dataclass(frozen=True)

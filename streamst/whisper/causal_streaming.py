@@ -28,6 +28,7 @@ from torch import Tensor
 
 from streamst.speech_model import Hypothesis
 from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_streams, init_encoder_state
+from streamst.whisper.growing import Growing
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import SAMPLES_PER_ENCODER_FRAME, DecoderCache
 from streamst.whisper.streaming import DecodedPrefix, WhisperStreamingModel, WindowInfo, frame_energy
@@ -65,7 +66,7 @@ class CausalWhisperState:
     info: WindowInfo = field(default_factory=WindowInfo)
     dropped: int = 0  # frames of this window the session dropped from the front of the memory (StreamAtt)
     trimmed_samples: int = 0  # what the model cut itself, beyond the session's drops (see `encode`)
-    cross: tuple[tuple[Tensor, Tensor], ...] | None = None  # keys/values of encoded[:n] per decoder layer
+    cross: tuple[tuple[Growing, Growing], ...] | None = None  # keys/values of encoded[:n] per decoder layer
     restart: Restart | None = None  # the next `encode` restarts the window here (an early end-of-text)
     restart_if_committed: Restart | None = None  # ... once the last decode's words are all committed (the end)
     prefix: DecodedPrefix | None = None  # the last decode's tokens and keys/values (`prefix_cache`; this window)
@@ -250,25 +251,25 @@ class CausalWhisperModel(WhisperStreamingModel):
         them (until then the memory is the running encoder's frames without its first n)."""
         if n <= 0:
             return state
-        cross = None if state.cross is None else tuple((k[:, :, n:], v[:, :, n:]) for k, v in state.cross)
+        cross = None if state.cross is None else tuple((k.drop_front(n), v.drop_front(n)) for k, v in state.cross)
         info = replace(state.info, prompt_tokens=0, boundaries=[], session_drops=True)
         return replace(state, encoded=state.encoded[n:], dropped=state.dropped + n, cross=cross, info=info,
                        restart=None, restart_if_committed=None, prefix=None)
 
     def cross_cache(self, features: Tensor, state: CausalWhisperState):
         """Keys/values of the frames already projected come from the state; only new frames are projected."""
-        have = 0 if state.cross is None else state.cross[0][0].shape[2]
+        have = 0 if state.cross is None else len(state.cross[0][0])
         if have > features.shape[0] or features is not state.encoded:
             have, state = 0, replace(state, cross=None)
         if have < features.shape[0]:
             new = features[None, have:]
             fresh = [block.cross_attn.keys_values(new) for block in self.net.decoder.blocks]
             if state.cross is None:
-                cross = tuple(fresh)
+                cross = tuple((Growing.of(k, 2), Growing.of(v, 2)) for k, v in fresh)
             else:
-                cross = tuple((torch.cat([k, nk], 2), torch.cat([v, nv], 2)) for (k, v), (nk, nv) in zip(state.cross, fresh))
+                cross = tuple((k.extend(nk), v.extend(nv)) for (k, v), (nk, nv) in zip(state.cross, fresh))
             state = replace(state, cross=cross)
-        return DecoderCache(cross=list(state.cross)), state
+        return DecoderCache(cross=[(k.tensor, v.tensor) for k, v in state.cross]), state
 
     @staticmethod
     def delay_ms() -> float:

@@ -12,6 +12,10 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
+from streamst.whisper.growing import Growing
+
+KVCache = tuple[Growing, Growing]  # keys and values [1, H, T, Dh] along T
+
 SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -159,22 +163,20 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state))
         self.mlp_ln = nn.LayerNorm(n_state)
 
-    def forward_encoder(self, x: Tensor, blocked: Tensor | None = None,
-                        past: tuple[Tensor, Tensor] | RaggedKV | None = None,
-                        ) -> tuple[Tensor, tuple[Tensor, Tensor] | RaggedKV]:
+    def forward_encoder(self, x: Tensor, blocked: Tensor | None = None, past: KVCache | list[KVCache] | None = None,
+                        ) -> tuple[Tensor, KVCache | list[KVCache]]:
         """Self-attention over `past` keys/values (a causal encoder's cache) and x's own; returns x and all keys/values.
-        With `RaggedKV` (streams batched by row, caches of different lengths) each row attends over its own."""
+        With a list of caches (streams batched by row, caches of different lengths) each row attends over its own."""
         h = self.attn_ln(x)
         k, v = self.attn.keys_values(h)
-        if isinstance(past, RaggedKV):
-            kv = RaggedKV([torch.cat([pk, k[r: r + 1]], dim=2) for r, pk in enumerate(past.keys)],
-                          [torch.cat([pv, v[r: r + 1]], dim=2) for r, pv in enumerate(past.values)])
-            x = x + self.attn.attend_rows(h, kv)[0]
-            return x + self.mlp(self.mlp_ln(x)), kv
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        x = x + self.attn.attend(h, k, v, blocked=blocked)[0]
-        return x + self.mlp(self.mlp_ln(x)), (k, v)
+        if isinstance(past, list):
+            caches = [(pk.extend(k[r: r + 1]), pv.extend(v[r: r + 1])) for r, (pk, pv) in enumerate(past)]
+            rows = RaggedKV([ck.tensor for ck, _ in caches], [cv.tensor for _, cv in caches])
+            x = x + self.attn.attend_rows(h, rows)[0]
+            return x + self.mlp(self.mlp_ln(x)), caches
+        cache = (Growing.of(k, 2), Growing.of(v, 2)) if past is None else (past[0].extend(k), past[1].extend(v))
+        x = x + self.attn.attend(h, cache[0].tensor, cache[1].tensor, blocked=blocked)[0]
+        return x + self.mlp(self.mlp_ln(x)), cache
 
     def forward_decoder(
         self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | RaggedKV, self_kv: tuple[Tensor, Tensor] | None,
