@@ -295,9 +295,9 @@ class WhisperStreamingModel:
                      ) -> list[tuple[Hypothesis, WhisperStreamState]]:
         """Greedy `decode` of many streams at once: one prefix pass and one call per token for all of them (the
         tokens each row feeds, after any keys/values it reuses, left-padded to the longest, the padding hidden from
-        attention; each row cross-attends over its own memory), streams that feed a few tokens apart from those that feed many
-        (`feed_groups`). Each row's words are those it writes alone (up to float rounding: padding changes the
-        order of a few sums)."""
+        attention; each row cross-attends over its own memory), streams that feed a few tokens apart from those
+        that feed many (`feed_groups`). Each row's words are those it writes alone (up to float rounding: padding
+        changes the order of a few sums)."""
         prompts = prompts or [None] * len(memories)
         out: list = [None] * len(memories)
         plans: list[tuple[int, _Plan]] = []
