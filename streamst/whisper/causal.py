@@ -197,12 +197,13 @@ def encode_streams(encoder: AudioEncoder, audios: list[Tensor], states: list[Cau
                    first_block: int = 31) -> list[tuple[Tensor, CausalEncoderState]]:
     """`encode_stream` of several streams: the front end per stream; the streams whose new frames are one block
     after a cache go through the transformer together, one row each (rows of one length; each attends over its
-    own cache: 16 frames of one stream use the weights as poorly as one), the others (a first block, a restart's
-    seconds of audio, a stream's end) one by one."""
+    own cache: one stream's 16-frame block alone keeps the matrix products small), the others (a first block, a
+    restart's seconds of audio, a stream's end) one by one."""
     fronts = [_front(encoder, a, s, f, block, first_block) for a, s, f in zip(audios, states, finals)]
+    masks = [_blocks_mask(s.frames, f.ready, block, first_block) if f.ready else None for f, s in zip(fronts, states)]
     by_length: dict[int, list[int]] = {}
-    for i, (front, state) in enumerate(zip(fronts, states)):
-        if front.ready and state.kv and _blocks_mask(state.frames, front.ready, block, first_block) is None:
+    for i, (front, state, blocked) in enumerate(zip(fronts, states, masks)):
+        if front.ready and state.kv and blocked is None:
             by_length.setdefault(front.ready, []).append(i)
     together = [group for group in by_length.values() if len(group) > 1]
     out: list = [None] * len(fronts)
@@ -211,13 +212,12 @@ def encode_streams(encoder: AudioEncoder, audios: list[Tensor], states: list[Cau
         x, caches = _run_rows(encoder, x, [states[i].kv for i in group])
         for row, i in enumerate(group):
             out[i] = (x[row], _encoded_state(fronts[i], states[i], caches[row]))
-    for i, (front, state) in enumerate(zip(fronts, states)):
+    for i, (front, state, blocked) in enumerate(zip(fronts, states, masks)):
         if out[i] is not None:
             continue
         if front.ready == 0:
             out[i] = (torch.zeros(0, encoder.conv1.out_channels), _encoded_state(front, state, state.kv))
             continue
-        blocked = _blocks_mask(state.frames, front.ready, block, first_block)
         x, kv = _run_blocks(encoder, front.waiting[None, : front.ready], state.kv, blocked)
         out[i] = (x[0], _encoded_state(front, state, kv))
     return out

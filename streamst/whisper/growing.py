@@ -1,7 +1,7 @@
 """`Growing`: a tensor that a stream's state extends chunk by chunk along one axis without copying what it holds.
 
-A causal encoder's key/value caches, the decoder's cross-attention keys/values and the memory grow by a block
-every chunk; `torch.cat` copied all of them each time (at 8 streams as much time as the encoder's matrix
+A causal encoder's key/value caches and the decoder's cross-attention keys/values grow by a block every
+chunk; `torch.cat` copied all of them each time (at 8 streams about as much time as the encoder's matrix
 products). A `Growing` is an immutable view (`start`, `stop`) of storage with spare room: extending the newest
 view writes the new part into that room and returns a longer view; extending an older one (a state that was
 extended already: a branch) copies it first, so what a view holds never changes.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 MIN_ROOM = 64  # rows of room a new storage gets at least
