@@ -98,11 +98,11 @@ class CausalWhisperModel(WhisperStreamingModel):
     def __init__(self, loaded: LoadedWhisper, *, block: int = 16, first_block: int | None = None,
                  trim_after_s: float = 16.0, keep_s: float = 4.0, commit_after_s: float = 24.0,
                  half_logits: bool = True, restart_on_drop: bool = True, restart_drop_s: float = 3.0,
-                 prefix_cache: bool = True, **options):
+                 prefix_cache: bool = True, half_weights: bool = True, **options):
         if options.get("vad") is not None:
             raise ValueError("the causal Whisper takes no VAD: its encoder runs on every chunk anyway")
         super().__init__(loaded, trim_after_s=trim_after_s, keep_s=keep_s, commit_after_s=commit_after_s,
-                         half_logits=half_logits, **options)
+                         half_logits=half_logits, half_weights=half_weights, **options)
         if block < 1:
             raise ValueError(f"block must be >= 1 frame, got {block}")
         if restart_drop_s < 0:

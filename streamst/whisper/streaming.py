@@ -25,7 +25,7 @@ from torch import Tensor
 
 from streamst.decoding import Family, StopRule, StopTracker, cut_loop, greedy
 from streamst.speech_model import Hypothesis
-from streamst.whisper.half_logits import HalfLogits
+from streamst.whisper.half import HalfLinear, half_linears
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import (
     N_SAMPLES, SAMPLES_PER_ENCODER_FRAME, DecoderCache, RaggedKV, Whisper, WhisperConfig, window_features,
@@ -116,6 +116,7 @@ class WhisperStreamingModel:
         commit_after_s: float = 26.0,
         half_logits: bool = False,
         max_prompt_tokens: int | None = None,
+        half_weights: bool = False,
     ):
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
@@ -129,6 +130,8 @@ class WhisperStreamingModel:
         if missing or unexpected:
             raise ValueError(f"Whisper weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.net.eval()
+        if half_weights:  # the linear layers' weights in fp16 (`half.py`); `loaded` keeps the fp32 ones
+            half_linears(self.net)
         self.tokenizer: WhisperTokenizer = loaded.tokenizer
         self.alignment_heads = [tuple(h) for h in loaded.alignment_heads]
         self.language, self.whisper_task = language, task
@@ -149,7 +152,7 @@ class WhisperStreamingModel:
         self.suppress_begin = torch.zeros_like(self.suppress)
         self.suppress_begin[[i for i in loaded.suppress_ids_begin if 0 <= i < len(self.suppress)]] = True
         self.loaded = loaded
-        self.half_logits = HalfLogits(self.net.decoder.token_embedding.weight) if half_logits else None
+        self.half_logits = HalfLinear(self.net.decoder.token_embedding.weight) if half_logits else None
         # the prompt's last tokens that the decoder reads (Whisper's own limit: half its positions); each one costs
         # a position of the prefix pass on every chunk
         self.max_prompt_tokens = self.config.n_text_ctx // 2 - 1 if max_prompt_tokens is None else max_prompt_tokens
@@ -415,7 +418,7 @@ class WhisperStreamingModel:
 
     def _logits(self, hidden: Tensor) -> Tensor:
         """Float logits of final decoder states [..., D]; with `half_logits` from an fp16 copy of the embedding
-        (`HalfLogits`: half the memory traffic of the step that dominates a token's cost on a CPU)."""
+        (`HalfLinear`: half the memory traffic of the step that dominates a token's cost on a CPU)."""
         if self.half_logits is None:
             return self.net.decoder.logits(hidden)
         return self.half_logits(hidden)
