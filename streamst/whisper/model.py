@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from streamst.whisper.growing import Growing
 
-KVCache = tuple[Growing, Growing]  # keys and values [1, H, T, Dh] along T
+KVCache = tuple[Growing, Growing]  # keys and values [B, H, T, Dh] along T
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -179,20 +179,20 @@ class ResidualAttentionBlock(nn.Module):
         return x + self.mlp(self.mlp_ln(x)), cache
 
     def forward_decoder(
-        self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | RaggedKV, self_kv: tuple[Tensor, Tensor] | None,
+        self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | RaggedKV, self_kv: KVCache | None,
         cross_blocked: Tensor | None = None, self_blocked: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | list[Tensor], tuple[Tensor, Tensor]]:
+    ) -> tuple[Tensor, Tensor | list[Tensor], KVCache]:
         """One decoder step over new tokens x; returns output, cross-attention weights (a list of each row's with
         `RaggedKV` memories), the extended self KV. `cross_blocked` [B, 1, 1, T] hides padded memory frames
         (batched training); `self_blocked` [B, 1, n, L] hides padded token slots from self-attention (batched
         streams)."""
         h = self.attn_ln(x)
         k, v = self.attn.keys_values(h)
-        offset = 0
-        if self_kv is not None:
-            offset = self_kv[0].shape[2]
-            k, v = torch.cat([self_kv[0], k], dim=2), torch.cat([self_kv[1], v], dim=2)
-        x = x + self.attn.attend(h, k, v, causal_offset=offset, blocked=self_blocked)[0]
+        if self_kv is None:
+            offset, keys, values = 0, Growing.of(k, 2), Growing.of(v, 2)
+        else:  # written into the cache's spare room, not copied with it (`Growing`)
+            offset, keys, values = len(self_kv[0]), self_kv[0].extend(k), self_kv[1].extend(v)
+        x = x + self.attn.attend(h, keys.tensor, values.tensor, causal_offset=offset, blocked=self_blocked)[0]
         assert self.cross_attn is not None and self.cross_attn_ln is not None
         if isinstance(cross_kv, RaggedKV):
             out, cross_weights = self.cross_attn.attend_rows(self.cross_attn_ln(x), cross_kv)
@@ -200,7 +200,7 @@ class ResidualAttentionBlock(nn.Module):
             out, cross_weights = self.cross_attn.attend(self.cross_attn_ln(x), *cross_kv, blocked=cross_blocked)
         x = x + out
         x = x + self.mlp(self.mlp_ln(x))
-        return x, cross_weights, (k, v)
+        return x, cross_weights, (keys, values)
 
 
 class AudioEncoder(nn.Module):
@@ -230,11 +230,11 @@ class DecoderCache:
     self-attention K/V (grows by one per token)."""
 
     cross: list[tuple[Tensor, Tensor]] | list[RaggedKV]
-    self_kv: list[tuple[Tensor, Tensor]] | None = None
+    self_kv: list[KVCache] | None = None
 
     @property
     def length(self) -> int:
-        return 0 if self.self_kv is None else self.self_kv[0][0].shape[2]
+        return 0 if self.self_kv is None else len(self.self_kv[0][0])
 
 
 class TextDecoder(nn.Module):
@@ -273,7 +273,7 @@ class TextDecoder(nn.Module):
             x = self.token_embedding(tokens) + self.positional_embedding[offset: offset + tokens.shape[1]]
         else:
             x = self.token_embedding(tokens) + self.positional_embedding[positions]
-        new_self: list[tuple[Tensor, Tensor]] = []
+        new_self: list[KVCache] = []
         cross_weights: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             past = None if cache.self_kv is None else cache.self_kv[i]

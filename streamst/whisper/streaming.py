@@ -25,6 +25,7 @@ from torch import Tensor
 
 from streamst.decoding import Family, StopRule, StopTracker, cut_loop, greedy
 from streamst.speech_model import Hypothesis
+from streamst.whisper.growing import Growing
 from streamst.whisper.half import HalfLinear, half_linears
 from streamst.whisper.load import LoadedWhisper
 from streamst.whisper.model import (
@@ -596,7 +597,7 @@ class _BatchStep:
                      for layer in range(len(plans[0].cache.cross))]
         self_kv = None
         if self.past:
-            self_kv = [tuple(torch.cat([self._past(plan, e, layer, i) for plan, e in zip(plans, self.reused)])
+            self_kv = [tuple(Growing.of(torch.cat([self._past(plan, e, layer, i) for plan, e in zip(plans, self.reused)]), 2)
                              for i in range(2)) for layer in range(len(cross))]
         self.cache = DecoderCache(cross=cross, self_kv=self_kv)
         self.fed = 0
@@ -675,7 +676,7 @@ class _BatchStep:
         parts = []
         for k, v in self.cache.self_kv:
             pieces = [(t[row: row + 1, :, past_pad: self.past], t[row: row + 1, :, self.past + fed_pad: start],
-                       t[row: row + 1, :, start: start + n_tokens]) for t in (k, v)]
+                       t[row: row + 1, :, start: start + n_tokens]) for t in (k.tensor, v.tensor)]
             parts.append(tuple(torch.cat(p, dim=2) for p in pieces) if e else
                          tuple(torch.cat(p[1:], dim=2) for p in pieces))
         return tuple(parts)
