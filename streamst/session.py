@@ -218,6 +218,8 @@ class Session:
         )
         decision, self.policy_state = self.policy.decide(view, self.policy_state)
         n = len(pieces) if final else whole_words(pieces, len(pieces) if request.flush else decision.tokens)
+        if hyp.speech_after and decision.tokens >= len(pieces):
+            n = len(pieces)  # an early end-of-text: the last word is whole (speech came after it)
         events: list[Event] = []
         compute_ms = (self.compute_s + shared_s + self.clock() - t0) * 1000.0
         starts = word_starts(pieces[:n]) + [n]
@@ -236,9 +238,13 @@ class Session:
             else:
                 self.history.append(list(hyp.tokens[a:b]))
             self.tokens_committed += b - a
+        shortened = False
         if decision.keep_words is not None and not final:
-            self.history = self.history[-decision.keep_words:] if decision.keep_words > 0 else []
-        if decision.drop_frames > 0 and not final:
+            kept = self.history[-decision.keep_words:] if decision.keep_words > 0 else []
+            shortened, self.history = len(kept) < len(self.history), kept
+        # the model hears of a shortened history even with no frame dropped: a model that made some of the
+        # history its prompt (Whisper, after cutting their audio) must not count words that left it
+        if (decision.drop_frames > 0 or shortened) and not final:
             drop = min(decision.drop_frames, self.memory.shape[0])
             if self.model.appends_memory:  # a re-encoding model rebuilds its memory from the trimmed window
                 self.memory = self.memory[drop:]

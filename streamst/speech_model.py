@@ -21,7 +21,8 @@ class Hypothesis:
 
     `tokens` exclude the prefix and EOS; `attention` is [layers, heads, len(tokens), frames] cross-attention
     over the memory that was decoded from (None if the model does not expose it); `ended` is True when the
-    decoder produced EOS after `tokens`.
+    decoder produced EOS after `tokens`; `speech_after` is True when it produced EOS with speech heard after its
+    last word (an early end-of-text: that word is whole, and the session commits it without waiting for the next).
     """
 
     tokens: list[int]
@@ -29,6 +30,7 @@ class Hypothesis:
     ended: bool
     score: float = 0.0
     prefix_attention: torch.Tensor | None = None  # [layers, heads, len(prefix), frames]
+    speech_after: bool = False
 
 
 class SpeechModel(Protocol):

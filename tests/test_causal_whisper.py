@@ -379,6 +379,39 @@ def test_streamatt_writes_a_long_stream_once(tiny_causal):
 
 
 @needs_weights
+@needs_speech
+@pytest.mark.parametrize("policy", ["streamatt:frames=4,history_words=20", "alignatt:frames=4"])
+def test_pauses_between_sentences(tiny_causal, policy):
+    """A speaker who pauses: four short LibriVox sentences (8 words each), each followed by 6 s of silence, so the
+    window passes 16 s before StreamAtt's history holds 20 words and the model moves committed words to its
+    prompt. Each sentence is written once (StreamAtt failed here with "needs the decoder's cross-attention",
+    then, once given the prompt's rows, wrote one sentence 25 times), and under AlignAtt the first sentence's last
+    word is committed when the next sentence begins, which then follows within a second (it came 7 s late, at the
+    16 s trim, and the word before the pause was lost)."""
+    from streamst.whisper.textnorm import normalize
+
+    clips = librivox_clips()
+    first, second = clips[1], clips[4]  # "he was not an ill disposed young man", "he might even have been made ..."
+    said = [first, second, first, second]
+    gap = np.zeros(6 * 16000, np.float32)
+    audio = np.concatenate([x for a, _ in said for x in (a, gap)])
+    session = Session(tiny_causal, parse_policy(policy), chunk_ms=320)
+    words = []
+    for piece in pieces(audio, 5120):
+        words += [e for e in session.push(piece.numpy()) if isinstance(e, Word)]
+    words += [e for e in session.finish() if isinstance(e, Word)]
+    written = " ".join(normalize(" ".join(w.text for w in words)))
+    assert written.count("was not an") == 2 and written.count("might even have been") == 2, written
+    if policy.startswith("alignatt"):
+        second_starts_ms = (first[0].size + gap.size) / 16
+        ends = [w for w in words if normalize(w.text) == ["man"]]
+        after = words[words.index(ends[0]) + 1:] if ends else []
+        assert ends and after and ends[0].emitted_ms < second_starts_ms + 1000, written
+        began = after[0]  # the second sentence's first word
+        assert began.emitted_ms < second_starts_ms + 1500 and normalize(began.text) == ["he"], written
+
+
+@needs_weights
 @pytest.mark.parametrize("restart_on_drop,restart_drop_s", [(True, 0.0), (True, 1.0), (False, 0.0)])
 def test_a_drop_restarts_the_encoder_once_enough_is_dropped_or_when_the_window_outgrows_its_trim(
         restart_on_drop, restart_drop_s):

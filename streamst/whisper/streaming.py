@@ -68,7 +68,7 @@ class _Plan:
     tokens: list[int]  # [<|startofprev|> prompt] SOT sequence, forced prefix
     sot_index: int  # where <|startoftranscript|> is
     prefix_start: int  # where the forced prefix begins
-    history: bool  # some of the session's prefix is the prompt now
+    history: int  # how many leading tokens of the session's prefix are the prompt now
     forced: list[int]
     cache: DecoderCache  # the memory's cross-attention keys/values
     state: object  # the stream's model state after the preparation
@@ -238,10 +238,13 @@ class WhisperStreamingModel:
         """Cut n frames (20 ms each) of audio from the front of the window; the next encode re-encodes it.
 
         The session does this for a policy that manages the window itself (StreamAtt, which also shortens the
-        forced prefix): from then on the model neither trims nor moves words to the prompt.
+        forced prefix): from then on the model neither trims nor moves words to the prompt. n = 0: the session
+        shortened its history only: every word left in it is forced (none counts as the prompt any more).
         """
-        if n <= 0:
+        if n < 0:
             return state
+        if n == 0:  # the model still trims its window (the session has dropped no audio)
+            return replace(state, info=replace(state.info, prompt_tokens=0, boundaries=[]))
         info = replace(state.info, prompt_tokens=0, boundaries=[], session_drops=True)
         return replace(state, audio=state.audio[n * SAMPLES_PER_ENCODER_FRAME:], encoded=None, info=info)
 
@@ -372,7 +375,7 @@ class WhisperStreamingModel:
         initial += forced
         room = self.config.n_text_ctx - len(initial)
         past, reuse = self._reusable(state, initial) if forced else (None, 0)
-        return _Plan(initial, sot_index, prefix_start, bool(history), forced, cache, state, n_real,
+        return _Plan(initial, sot_index, prefix_start, len(history), forced, cache, state, n_real,
                      features.shape[0], max(0, min(max_tokens, room)), past, reuse), state
 
     def _reusable(self, state, tokens: list[int]) -> tuple[DecodedPrefix | None, int]:
@@ -402,15 +405,25 @@ class WhisperStreamingModel:
         return sot_logits.softmax(-1)[self.tokenizer.no_speech].item() > self.no_speech_threshold
 
     def _silent(self, plan: _Plan, prefix_att: Tensor) -> Hypothesis:
-        prefix_out = self._fold(prefix_att, plan.n_real) if not plan.history else None
-        return Hypothesis([], torch.zeros(*self._att_shape(), 0, plan.n_real), True, 0.0, prefix_out)
+        return Hypothesis([], torch.zeros(*self._att_shape(), 0, plan.n_real), True, 0.0,
+                          self._prefix_rows(plan, prefix_att))
+
+    def _prefix_rows(self, plan: _Plan, prefix_att: Tensor) -> Tensor:
+        """Attention rows [L, H, len(session prefix), n_real] of the session's whole prefix: the forced tokens' own
+        and, for those that are the prompt now (their audio was cut from the window), all weight on the memory's
+        first frame: the earliest audio there is, so StreamAtt drops no frame for words it still keeps."""
+        rows = self._fold(prefix_att, plan.n_real)
+        if not plan.history:
+            return rows
+        prompt = rows.new_zeros(*rows.shape[:2], plan.history, rows.shape[-1])
+        prompt[..., 0] = 1.0
+        return torch.cat([prompt, rows], dim=2)
 
     def _finish(self, plan: _Plan, prefix_att: Tensor, tokens: list[int], attention: Tensor, ended: bool,
                 score: float) -> tuple[Hypothesis, object]:
         """The continuation over the real frames, and the state with the window's word boundaries."""
         n_real, state, info = plan.n_real, plan.state, plan.state.info
-        # the session's prefix pieces cover the whole history: rows for the forced part only would not line up
-        prefix_out = self._fold(prefix_att, n_real) if not plan.history else None
+        prefix_out = self._prefix_rows(plan, prefix_att)  # the session's prefix pieces cover the whole history
         attention = self._fold(attention, n_real)
         if not info.session_drops:
             boundaries = self._word_boundaries(plan.forced, self._fold(prefix_att, n_real), attention)
