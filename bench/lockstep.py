@@ -82,7 +82,8 @@ def main() -> int:
     print(f"{args.streams} streams of {args.policy}, {seconds:.1f} s each, {args.threads} thread(s): "
           f"{result['compute_per_audio_s']} s of compute per s of audio (round p50 {result['round_p50_ms']} ms, "
           f"p95 {result['round_p95_ms']} ms); per s of audio: "
-          + ", ".join(f"{k.replace('_', ' ')} {result[k]}" for k in ("encoders", "prefix_passes", "token_steps", "logits"))
+          + ", ".join(f"{k.replace('_', ' ')} {result[k]}"
+                      for k in ("encoders", "prefix_passes", "token_steps", "logits"))
           + f"; {result['words']} words, the same in every stream: {result['same_words']}")
     if args.json:
         print(json.dumps(result))

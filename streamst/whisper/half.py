@@ -5,7 +5,7 @@ Where the torch build has fbgemm (x86), its fp16 GEMM widens the weights inside 
 rows cost about one's (2 threads, this project's 2-core machine: logits of 4 rows 1.8 ms, against 8 ms for an fp16
 matrix product and 17 ms in fp32). Elsewhere the fp16 matrix is widened a block of rows at a time (the block stays
 in cache, so the traffic stays that of fp16). Either way the arithmetic is fp16 weights times fp32 activations with
-fp32 sums, so both paths give the same numbers. Measured on the five LibriVox clips and JFK through the causal
+fp32 sums: the two paths agree up to the order of the sums. Measured on the five LibriVox clips and JFK through the causal
 Whisper (offline, AlignAtt, StreamAtt): the same words and delays as fp32 weights, at 0.6 times the compute.
 (int8, torch's dynamic quantisation, was tried and left out: it quantises the activations too and cost 1-6 points
 of WER.) Only the runtime's copy of a network is converted; training never sees it.

@@ -610,7 +610,8 @@ class _BatchStep:
                      for layer in range(len(plans[0].cache.cross))]
         self_kv = None
         if self.past:
-            self_kv = [tuple(Growing.of(torch.cat([self._past(plan, e, layer, i) for plan, e in zip(plans, self.reused)]), 2)
+            self_kv = [tuple(Growing.of(torch.cat([self._past(plan, e, layer, i)
+                                                   for plan, e in zip(plans, self.reused)]), 2)
                              for i in range(2)) for layer in range(len(cross))]
         self.cache = DecoderCache(cross=cross, self_kv=self_kv)
         self.fed = 0
