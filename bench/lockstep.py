@@ -11,8 +11,6 @@ wrote the same words.
 from __future__ import annotations
 
 import argparse
-import collections
-import functools
 import json
 import sys
 import time
@@ -23,21 +21,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def timed(owner, attr: str, name: str, totals: collections.Counter) -> None:
-    """Wrap `owner.attr` so that its wall time adds to `totals[name]`."""
-    fn = getattr(owner, attr)
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            totals[name] += time.perf_counter() - start
-
-    setattr(owner, attr, wrapper)
-
-
 def main() -> int:
     import torch
 
@@ -46,6 +29,7 @@ def main() -> int:
     from streamst.policies import parse_policy
     from streamst.session import Session
     from streamst.whisper import streaming
+    from profile_steps import Timers
     from whisper_eval import librivox_clips
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -59,11 +43,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     audio = np.concatenate([a for _, a, _ in librivox_clips()])[: int(args.seconds * 16000)]
-    totals: collections.Counter = collections.Counter()
-    timed(type(model), "encode_batch", "encoders", totals)
-    timed(streaming._BatchStep, "start", "prefix_passes", totals)
-    timed(streaming._BatchStep, "step", "token_steps", totals)
-    timed(streaming._BatchStep, "project", "logits", totals)
+    timers = Timers()
+    timers.wrap(type(model), "encode_batch", "encoders")
+    timers.wrap(streaming._BatchStep, "start", "prefix_passes")
+    timers.wrap(streaming._BatchStep, "step", "token_steps")
+    timers.wrap(streaming._BatchStep, "project", "logits")
     sessions = [Session(model, parse_policy(args.policy), chunk_ms=320) for _ in range(args.streams)]
     chunk, rounds = 5120, []
     began = time.perf_counter()
@@ -77,7 +61,7 @@ def main() -> int:
     result = {"model": args.model, "policy": args.policy, "streams": args.streams, "threads": args.threads,
               "compute_per_audio_s": round(wall / seconds, 3), "round_p50_ms": round(float(np.percentile(ms, 50))),
               "round_p95_ms": round(float(np.percentile(ms, 95))),
-              **{k: round(v / seconds, 3) for k, v in totals.items()},
+              **{k: round(v / seconds, 3) for k, v in timers.total.items()},
               "words": len(sessions[0].words), "same_words": all(s.words == sessions[0].words for s in sessions)}
     print(f"{args.streams} streams of {args.policy}, {seconds:.1f} s each, {args.threads} thread(s): "
           f"{result['compute_per_audio_s']} s of compute per s of audio (round p50 {result['round_p50_ms']} ms, "
