@@ -1,11 +1,13 @@
 """A long Whisper stream through `Session`: window length, RSS and per-chunk time as it goes, WER at the end.
 
-    python bench/whisper_long.py --minutes 10 --policy alignatt:frames=40 [--chunk-ms 1000] [--beam 1]
+    python bench/whisper_long.py --minutes 10 --policy alignatt:frames=40 [--chunk-ms 1000] [--beam 1] [--pause-s 0.5]
 
-The audio is pocketsphinx-testdata's LibriVox clips played one after another with 0.5 s pauses, looped until
-the stream is long enough; the reference is their transcripts in the same order. Every `--report-s` of audio
-it prints the window the model holds (bounded by the trim: `trim_after_s` plus one chunk), how much it has
-trimmed, the prompt length, RSS and the median compute per chunk since the last line.
+The audio is pocketsphinx-testdata's LibriVox clips played one after another with `--pause-s` of silence after
+each (0.5 s; a speaker who pauses between sentences: several seconds), looped until the stream is long enough;
+the reference is their transcripts in the same order. Every `--report-s` of audio it prints the window the
+model holds (bounded by the trim: `trim_after_s` plus one chunk), how much it has trimmed, the prompt length,
+RSS and the median compute per chunk since the last line; at the end WER, RTF, and how far each word's commit
+came after its own audio (emitted minus its aligned end: a word held through a pause shows here).
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def main() -> int:
     parser.add_argument("--chunk-ms", type=float, default=1000.0)
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--report-s", type=float, default=60.0)
+    parser.add_argument("--pause-s", type=float, default=0.5, help="silence after each clip")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--restart-on-drop", choices=["yes", "no"],
                         help="a causal Whisper under StreamAtt: re-encode the kept audio after every drop (yes), or "
@@ -67,7 +70,7 @@ def main() -> int:
                              "(default: the model's, 3 s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    audio, reference = looped_stream(args.minutes)
+    audio, reference = looped_stream(args.minutes, args.pause_s)
     if args.restart_on_drop is None and args.restart_drop_s is None:
         model = load_model(args.model)
     else:  # a causal Whisper checkpoint, built with the choice given
@@ -81,6 +84,7 @@ def main() -> int:
     session = Session(model, parse_policy(args.policy), chunk_ms=args.chunk_ms, beam=args.beam)
     step = session.chunker.chunk_samples
     words: list[str] = []
+    lags: list[float] = []  # ms from each word's aligned end to its commit
     times: list[float] = []
     max_window = 0.0
     next_report = args.report_s
@@ -90,6 +94,7 @@ def main() -> int:
         events = session.push(audio[start: start + step])
         times.append(time.perf_counter() - t0)
         words += [e.text for e in events if isinstance(e, Word)]
+        lags += [e.emitted_ms - e.end_ms for e in events if isinstance(e, Word) and e.end_ms is not None]
         state = session.model_state
         max_window = max(max_window, state.audio.numel() / 16000)
         if session.source_ms / 1000 >= next_report:
@@ -103,6 +108,10 @@ def main() -> int:
     stats = session.stats()
     print(f"WER {wer([' '.join(words)], [reference]):.1f}% over {len(reference.split())} reference words, "
           f"max window {max_window:.1f} s, RTF {stats['rtf']:.2f} (compute {stats['compute_s']:.0f} s)")
+    if lags:  # mid-stream commits only: the final flush is not a decision
+        lags.sort()
+        print(f"commit lag behind the word's audio: median {lags[len(lags) // 2]:.0f} ms, "
+              f"p95 {lags[int(0.95 * (len(lags) - 1))]:.0f} ms, max {lags[-1]:.0f} ms over {len(lags)} words")
     return 0
 
 

@@ -89,7 +89,7 @@ class AlignAtt(PolicyBase):
             view, self.name, self.layer, self.heads,
             exclude_last=self.exclude_last, zscore=self.zscore, need_prefix=False,
         )
-        if view.finished:
+        if view.finished or cand.ended_in_pause:  # every token heard whole
             return Decision(len(cand.tokens)), state
         return Decision(first_token_in_window(aligned, n_frames, self.frames)), state
 

@@ -75,7 +75,7 @@ class EDAtt(PolicyBase):
         if not cand.tokens:
             return Decision(0), state
         att = require_attention(cand.attention, len(cand.tokens), self.name)
-        if view.finished:
+        if view.finished or cand.ended_in_pause:  # every token heard whole
             return Decision(len(cand.tokens)), state
         stop = np.flatnonzero(self._late(att))
         return Decision(int(stop[0]) if stop.size else len(cand.tokens)), state

@@ -101,7 +101,10 @@ class StreamAtt(PolicyBase):
             exclude_last=self.exclude_last, zscore=self.zscore, need_prefix=True,
         )
         n_frames = int(np.asarray(cand.attention).shape[3])
-        commit = whole_word_tokens(cand.pieces, first_token_in_window(cand_al, n_range, self.frames))
+        if cand.ended_in_pause:  # every token heard whole: the session commits them all (`Session.commit`)
+            commit = len(cand.tokens)
+        else:
+            commit = whole_word_tokens(cand.pieces, first_token_in_window(cand_al, n_range, self.frames))
 
         # the committed history after this decision: the kept prefix, then the newly committed words
         pieces = list(view.prefix_pieces) + list(cand.pieces[:commit])

@@ -153,7 +153,7 @@ class OnnxSpeechModel:
         rest = pending[4 * n:] if not final else pending[:0]
         return torch.from_numpy(out[0]), OnnxStreamState(fstate, rest, sub1, sub2, kv, conv, state.frames + n)
 
-    def drop_frames(self, state: OnnxStreamState, n: int) -> OnnxStreamState:
+    def drop_frames(self, state: OnnxStreamState, n: int, tokens: int = 0) -> OnnxStreamState:
         return state  # the encoder's caches are already bounded; the session trims its memory
 
     def decode(self, memory: Tensor, prefix: list[int], state: OnnxStreamState, *, beam: int = 1,

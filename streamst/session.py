@@ -205,7 +205,7 @@ class Session:
         pieces = tok.pieces(hyp.tokens)
         attention = None if hyp.attention is None else hyp.attention.float().numpy()
         view = PolicyView(
-            candidate=Candidate(list(hyp.tokens), pieces, attention, hyp.ended),
+            candidate=Candidate(list(hyp.tokens), pieces, attention, hyp.ended, hyp.ended_in_pause),
             committed=list(self.words),
             frames=self.memory.shape[0],
             frame_ms=self.model.frame_ms,
@@ -218,8 +218,8 @@ class Session:
         )
         decision, self.policy_state = self.policy.decide(view, self.policy_state)
         n = len(pieces) if final else whole_words(pieces, len(pieces) if request.flush else decision.tokens)
-        if hyp.speech_after and decision.tokens >= len(pieces):
-            n = len(pieces)  # an early end-of-text: the last word is whole (speech came after it)
+        if hyp.ended_in_pause and decision.tokens >= len(pieces):
+            n = len(pieces)  # the decoder ended in a pause: its last word is whole
         events: list[Event] = []
         compute_ms = (self.compute_s + shared_s + self.clock() - t0) * 1000.0
         starts = word_starts(pieces[:n]) + [n]
@@ -238,18 +238,22 @@ class Session:
             else:
                 self.history.append(list(hyp.tokens[a:b]))
             self.tokens_committed += b - a
-        shortened = False
+        gone = 0  # tokens that left the history
         if decision.keep_words is not None and not final:
             kept = self.history[-decision.keep_words:] if decision.keep_words > 0 else []
-            shortened, self.history = len(kept) < len(self.history), kept
+            gone = sum(len(w) for w in self.history[:len(self.history) - len(kept)])
+            self.history = kept
         # the model hears of a shortened history even with no frame dropped: a model that made some of the
         # history its prompt (Whisper, after cutting their audio) must not count words that left it
-        if (decision.drop_frames > 0 or shortened) and not final:
+        if (decision.drop_frames > 0 or gone) and not final:
             drop = min(decision.drop_frames, self.memory.shape[0])
             if self.model.appends_memory:  # a re-encoding model rebuilds its memory from the trimmed window
                 self.memory = self.memory[drop:]
             self.frames_dropped += drop
-            self.model_state = self.model.drop_frames(self.model_state, drop)
+            self.model_state = self.model.drop_frames(self.model_state, drop, gone)
+        if hyp.ended_in_pause and n == len(pieces) and not final:
+            # every word is committed and the speaker paused: the model may restart its window after them
+            self.model_state = self.model.restart_unwritten(self.model_state) or self.model_state
         partial = "" if final else tok.decode(hyp.tokens[n:]).strip()
         if partial != self._last_partial:
             events.append(Partial(partial, self.source_ms))

@@ -21,8 +21,9 @@ class Hypothesis:
 
     `tokens` exclude the prefix and EOS; `attention` is [layers, heads, len(tokens), frames] cross-attention
     over the memory that was decoded from (None if the model does not expose it); `ended` is True when the
-    decoder produced EOS after `tokens`; `speech_after` is True when it produced EOS with speech heard after its
-    last word (an early end-of-text: that word is whole, and the session commits it without waiting for the next).
+    decoder produced EOS after `tokens`; `ended_in_pause` is True when it produced EOS with a pause after its last
+    word (800 ms of quiet, then speech or the end of what was heard): every token has been heard whole, and the
+    session commits them all without waiting for a next word.
     """
 
     tokens: list[int]
@@ -30,7 +31,7 @@ class Hypothesis:
     ended: bool
     score: float = 0.0
     prefix_attention: torch.Tensor | None = None  # [layers, heads, len(prefix), frames]
-    speech_after: bool = False
+    ended_in_pause: bool = False
 
 
 class SpeechModel(Protocol):
@@ -58,8 +59,9 @@ class SpeechModel(Protocol):
         """Consume 16 kHz mono float audio [samples]; return encoder frames [T, D] and the new state."""
         ...
 
-    def drop_frames(self, state: Any, n: int) -> Any:
-        """Forget the first n frames of the memory (StreamAtt); a no-op for appending encoders."""
+    def drop_frames(self, state: Any, n: int, tokens: int = 0) -> Any:
+        """Forget the first n frames of the memory and the first `tokens` tokens of the forced prefix (StreamAtt
+        shortened the session's history; n may be 0); a no-op for appending encoders."""
         ...
 
     def decode(self, memory: torch.Tensor, prefix: list[int], state: Any, *, beam: int = 1, max_tokens: int = 64,
@@ -89,9 +91,10 @@ class SpeechModel(Protocol):
         ...
 
     def restart_unwritten(self, state: Any) -> Any | None:
-        """After the stream's final pass (its words all committed): a state whose next `encode` restarts the window
-        after them, when the decoder ended its text early with speech left unwritten; None when nothing is left
-        (every model but the causal Whisper: `streamst.whisper.causal_streaming`)."""
+        """After a decode whose words the session committed all (mid-stream when it ended in a pause, or the final
+        pass): a state whose next `encode` restarts the window after them, when the decoder ended its text early
+        with speech left unwritten or in a pause; None when there is no such restart (every model but the causal
+        Whisper: `streamst.whisper.causal_streaming`)."""
         ...
 
     def samples_cut(self, state: Any) -> int:

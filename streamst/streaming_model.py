@@ -63,7 +63,7 @@ class StreamingSpeechModel:
         frames, estate = self.net.encoder.step(feats, state.encoder, self.chunk_frames, self.left_frames, final)
         return frames[0], StreamState(fstate, estate, state.memory)
 
-    def drop_frames(self, state: StreamState, n: int) -> StreamState:
+    def drop_frames(self, state: StreamState, n: int, tokens: int = 0) -> StreamState:
         """The session trims its memory (the encoder's caches are bounded already): the memory's keys/values too."""
         return replace(state, memory=drop(state.memory, n))
 

@@ -81,7 +81,7 @@ class ScriptedModel:
         before, after = state // SAMPLES_PER_FRAME, (state + audio.numel()) // SAMPLES_PER_FRAME
         return torch.arange(before, after, dtype=torch.float32)[:, None], state + audio.numel()
 
-    def drop_frames(self, state: int, n: int) -> int:
+    def drop_frames(self, state: int, n: int, tokens: int = 0) -> int:
         return state
 
     def _rows(self, ids: list[int], first: int, n_frames: int) -> torch.Tensor:

@@ -106,7 +106,7 @@ class S2TStreamingModel:
             memory._streamst_ctc = out.ctc_logits  # for ctc_words, which the session calls with the memory only
         return memory, S2TState(window, feats, out, memory, cut)
 
-    def drop_frames(self, state: S2TState, n: int) -> S2TState:
+    def drop_frames(self, state: S2TState, n: int, tokens: int = 0) -> S2TState:
         """Forget the first n 40 ms frames of audio (StreamAtt); the next `encode` re-encodes the rest."""
         if n <= 0:
             return state

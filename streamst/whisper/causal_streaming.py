@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from streamst.policies.streamatt import ends_sentence
 from streamst.speech_model import Hypothesis
 from streamst.whisper.causal import MAX_FRAMES, CausalEncoderState, encode_streams, init_encoder_state
 from streamst.whisper.growing import Growing
@@ -45,6 +46,9 @@ SPEECH_BELOW_PEAK = 10 ** -2.5  # a loud frame: energy within 25 dB of the windo
 SPEECH_FLOOR = 1e-5  # ... and above -50 dBFS
 PAUSE_SEARCH_FRAMES = 25  # a restart goes at the quietest frame of the 500 ms after the last written word
 SENTENCE_PAUSE_FRAMES = 40  # 800 ms of quiet after a word: a pause between sentences, not a comma's
+LEAD_FRAMES = 15  # silence kept before speech when a window that begins in a long pause is cut
+ONSET_FRAMES = 5  # ... once it holds this much speech (100 ms)
+WORD_SEARCH_FRAMES = 50  # a written word's speech lies within 1 s up to the frame it is aligned to
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,9 @@ class CausalWhisperModel(WhisperStreamingModel):
             cut = state.dropped * FRAME
         else:
             cut, info = self.trim_point(window, info)
+            if not cut and self.restarts_early_ends:
+                cut = leading_silence(window, state.dropped) * FRAME
+                info = self._cut_info(info, cut // FRAME) if cut and not info.session_drops else info
         if window.numel() - cut > self.max_window_samples:  # no committed word to cut at: keep the newest audio
             hard = window.numel() - self.max_window_samples
             hard += (-hard) % FRAME
@@ -216,11 +223,25 @@ class CausalWhisperModel(WhisperStreamingModel):
         # at once only when the continuation is empty (every written word is committed already), and not under
         # StreamAtt, which cuts the memory after its committed words itself
         now = None if hyp.tokens or state.info.session_drops else restart
-        # after a pause between sentences the words before the speech it left unwritten are whole: the session
-        # commits the last one too, which would otherwise wait for a next word that only the restart lets the
-        # decoder write (within a sentence, after a comma's short pause, it waits: committing there split
-        # sentences, five LibriVox clips and JFK under AlignAtt WER 18.3% -> 20.4%)
-        hyp = replace(hyp, speech_after=restart is not None and restart.pause_frames >= SENTENCE_PAUSE_FRAMES)
+        # after a pause between sentences the words before it are whole: the session commits the last one too,
+        # which would otherwise wait for a next word that only the restart lets the decoder write (within a
+        # sentence, after a comma's short pause, it waits: committing there split sentences, five LibriVox clips
+        # and JFK under AlignAtt WER 18.3% -> 20.4%), and restarts the window after it (`restart_unwritten`), or
+        # the decoder, over a memory that still holds the sentence, writes it again in the silence. The pause is
+        # the one after the last written word's aligned frame with speech after it, or 800 ms of quiet at the
+        # memory's end (a held word's attention drifts into the silence after it, so its own frame says little);
+        # only where the text ends a sentence: a decoder that stops mid-sentence ("He was not an old", the rest
+        # unwritten) aligns its last word past the speech it skipped, and a restart there lost that speech
+        written = self.tokenizer.decode(hyp.tokens).split()
+        paused = False
+        if written and ends_sentence(written[-1]):
+            paused = restart is not None and restart.pause_frames >= SENTENCE_PAUSE_FRAMES
+            # no speech left unwritten: a pause at the memory's end? (not at the stream's end, where it would
+            # make a final pass over silence, which writes a stray "You")
+            if restart is None and self.restarts_early_ends and not state.final:
+                tail = restart_in_quiet_tail(state.audio, len(prefix) + len(hyp.tokens), state.dropped)
+                restart, paused = (tail, True) if tail is not None else (restart, False)
+        hyp = replace(hyp, ended_in_pause=paused)
         return hyp, replace(state, restart=now, restart_if_committed=restart)
 
     def unwritten_restart(self, hyp: Hypothesis, prefix: list[int], state: CausalWhisperState) -> Restart | None:
@@ -247,24 +268,32 @@ class CausalWhisperModel(WhisperStreamingModel):
         return max(spoken) if spoken else None
 
     def restart_unwritten(self, state: CausalWhisperState) -> CausalWhisperState | None:
-        """After a final pass whose words were all committed: a state whose next `encode` restarts the window after
-        them, if the pass ended early with speech unwritten; None when nothing is left unwritten."""
+        """After a decode whose words were all committed (the final pass, or one that ended in a pause): a state
+        whose next `encode` restarts the window after them, if it ended early with speech unwritten or in a pause;
+        None when there is no such restart."""
         if state.restart_if_committed is None:
             return None
         return replace(state, restart=state.restart_if_committed, restart_if_committed=None)
 
-    def drop_frames(self, state: CausalWhisperState, n: int) -> CausalWhisperState:
-        """Forget the first n memory frames (StreamAtt); the next `encode` restarts the encoder on the audio after
-        them (until then the memory is the running encoder's frames without its first n). n = 0: the session
-        shortened its history only: every word left in it is forced now."""
+    def drop_frames(self, state: CausalWhisperState, n: int, tokens: int = 0) -> CausalWhisperState:
+        """Forget the first n memory frames and the forced prefix's first `tokens` tokens (StreamAtt); the next
+        `encode` restarts the encoder on the audio after them (until then the memory is the running encoder's
+        frames without its first n). n = 0: the session shortened its history only: of the words that became the
+        prompt, those left in it stay the prompt."""
         if n < 0:
             return state
+        prompt = max(0, state.info.prompt_tokens - tokens)
+        pending = state.restart_if_committed  # a restart after the words just committed, in the memory's frames
+        if pending is not None:
+            pending = replace(pending, frame=pending.frame - n, prompt_tokens=max(0, pending.prompt_tokens - tokens))
+            pending = pending if pending.frame >= 0 else None
         if n == 0:  # the model still trims its window (the session has dropped no audio)
-            return replace(state, info=replace(state.info, prompt_tokens=0, boundaries=[]), prefix=None)
+            return replace(state, info=replace(state.info, prompt_tokens=prompt, boundaries=[]), prefix=None,
+                           restart_if_committed=pending)
         cross = None if state.cross is None else tuple((k.drop_front(n), v.drop_front(n)) for k, v in state.cross)
-        info = replace(state.info, prompt_tokens=0, boundaries=[], session_drops=True)
+        info = replace(state.info, prompt_tokens=prompt, boundaries=[], session_drops=True)
         return replace(state, encoded=state.encoded[n:], dropped=state.dropped + n, cross=cross, info=info,
-                       restart=None, restart_if_committed=None, prefix=None)
+                       restart=None, restart_if_committed=pending, prefix=None)
 
     def cross_cache(self, features: Tensor, state: CausalWhisperState):
         """Keys/values of the frames already projected come from the state; only new frames are projected."""
@@ -287,14 +316,48 @@ class CausalWhisperModel(WhisperStreamingModel):
         return (LOOKAHEAD_SAMPLES - FRAME) / 16.0
 
 
+def loud_frames(window: Tensor, dropped: int = 0) -> Tensor:
+    """Which memory frames of `window` (the audio since the encoder's position 0, whose first `dropped` frames are
+    not in the memory) hold speech: energy within 25 dB of the window's loud frames and above -50 dBFS."""
+    energy = frame_energy(window)[dropped:]
+    if energy.numel() == 0:
+        return energy.bool()
+    return energy > max(SPEECH_FLOOR, float(energy.quantile(0.95)) * SPEECH_BELOW_PEAK)
+
+
+def leading_silence(window: Tensor, dropped: int = 0) -> int:
+    """Frames of `window` to cut when its memory (after the first `dropped` frames) begins with a pause of more than
+    `SENTENCE_PAUSE_FRAMES` before speech (after a restart in a pause, or at a stream's start): all but the
+    `LEAD_FRAMES` before the speech, so the decoder reads a memory like its training utterances' (0-600 ms of
+    silence first; after 6 s of it, it wrote one word of a sentence and stopped); 0 when there is no such pause."""
+    loud = loud_frames(window, dropped)
+    if int(loud.sum()) < ONSET_FRAMES:
+        return 0
+    onset = int(loud.int().argmax())
+    return dropped + onset - LEAD_FRAMES if onset >= SENTENCE_PAUSE_FRAMES + LEAD_FRAMES else 0
+
+
+def restart_in_quiet_tail(window: Tensor, prompt_tokens: int, dropped: int = 0) -> Restart | None:
+    """A restart in the pause that ends the memory, when its last `SENTENCE_PAUSE_FRAMES` frames hold no speech
+    and some came before: at the quietest frame of the 500 ms after the last loud one; else None."""
+    loud = loud_frames(window, dropped)
+    if loud.numel() <= SENTENCE_PAUSE_FRAMES or bool(loud[-SENTENCE_PAUSE_FRAMES:].any()) or not bool(loud.any()):
+        return None
+    last = int(loud.nonzero()[-1])
+    pause = frame_energy(window)[dropped:][last + 1: last + 1 + PAUSE_SEARCH_FRAMES]
+    return Restart(last + 1 + int(pause.argmin()), prompt_tokens, loud.numel() - last - 1)
+
+
 def restart_after(frame: int, prompt_tokens: int, window: Tensor, dropped: int = 0) -> Restart | None:
-    """A restart at the quietest frame of the pause after memory frame `frame`, if at least
-    `UNWRITTEN_SPEECH_FRAMES` loud frames follow it in `window` (the audio since the encoder's position 0, whose
-    first `dropped` frames are not in the memory); else None."""
+    """A restart at the quietest frame of the pause after memory frame `frame` (a written word's, with speech in
+    the second up to it), if at least `UNWRITTEN_SPEECH_FRAMES` loud frames follow it in `window` (the audio since
+    the encoder's position 0, whose first `dropped` frames are not in the memory); else None."""
     energy = frame_energy(window)[dropped:]
     if frame + 1 >= energy.numel():
         return None
-    loud = energy > max(SPEECH_FLOOR, float(energy.quantile(0.95)) * SPEECH_BELOW_PEAK)
+    loud = loud_frames(window, dropped)
+    if not bool(loud[max(0, frame + 1 - WORD_SEARCH_FRAMES): frame + 1].any()):
+        return None  # no speech where the word is aligned (a memory that begins in silence): no pause after it
     pause = energy[frame + 1: frame + 1 + PAUSE_SEARCH_FRAMES]
     cut = frame + 1 + int(pause.argmin())
     if int(loud[cut:].sum()) < UNWRITTEN_SPEECH_FRAMES:

@@ -234,18 +234,20 @@ class WhisperStreamingModel:
     def real_frames(n_samples: int) -> int:
         return min(1500, math.ceil(n_samples / SAMPLES_PER_ENCODER_FRAME))
 
-    def drop_frames(self, state: WhisperStreamState, n: int) -> WhisperStreamState:
-        """Cut n frames (20 ms each) of audio from the front of the window; the next encode re-encodes it.
+    def drop_frames(self, state: WhisperStreamState, n: int, tokens: int = 0) -> WhisperStreamState:
+        """Cut n frames (20 ms each) of audio from the front of the window, and `tokens` from the front of the
+        forced prefix; the next encode re-encodes the window.
 
         The session does this for a policy that manages the window itself (StreamAtt, which also shortens the
         forced prefix): from then on the model neither trims nor moves words to the prompt. n = 0: the session
-        shortened its history only: every word left in it is forced (none counts as the prompt any more).
+        shortened its history only: of the words the model made its prompt, those left in it stay the prompt.
         """
         if n < 0:
             return state
+        prompt = max(0, state.info.prompt_tokens - tokens)
         if n == 0:  # the model still trims its window (the session has dropped no audio)
-            return replace(state, info=replace(state.info, prompt_tokens=0, boundaries=[]))
-        info = replace(state.info, prompt_tokens=0, boundaries=[], session_drops=True)
+            return replace(state, info=replace(state.info, prompt_tokens=prompt, boundaries=[]))
+        info = replace(state.info, prompt_tokens=prompt, boundaries=[], session_drops=True)
         return replace(state, audio=state.audio[n * SAMPLES_PER_ENCODER_FRAME:], encoded=None, info=info)
 
     def ctc_words(self, memory: Tensor) -> int | None:
