@@ -29,7 +29,7 @@ class Candidate:
     pieces: list[str]
     attention: np.ndarray | None = None
     ended: bool = False  # the decoder produced EOS right after these tokens
-    # it ended in a pause after its last word (`Hypothesis.ended_in_pause`): every token has been heard whole, as
+    # it ended at a sentence's end, in a pause (`Hypothesis.ended_in_pause`): every token has been heard whole, as
     # at the end of a stream (the last word would otherwise wait for a next one that the decoder may write only
     # after the model restarts, and its attention drifts into the silence, where a policy takes it for unheard)
     ended_in_pause: bool = False

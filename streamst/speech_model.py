@@ -21,9 +21,9 @@ class Hypothesis:
 
     `tokens` exclude the prefix and EOS; `attention` is [layers, heads, len(tokens), frames] cross-attention
     over the memory that was decoded from (None if the model does not expose it); `ended` is True when the
-    decoder produced EOS after `tokens`; `ended_in_pause` is True when it produced EOS with a pause after its last
-    word (800 ms of quiet, then speech or the end of what was heard): every token has been heard whole, and the
-    session commits them all without waiting for a next word.
+    decoder produced EOS after `tokens`; `ended_in_pause` is True when it produced EOS at a sentence's end with a
+    pause after it (800 ms of quiet, then speech or the end of what was heard): every token has been heard whole,
+    and the session commits them all without waiting for a next word.
     """
 
     tokens: list[int]
