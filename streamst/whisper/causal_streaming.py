@@ -239,8 +239,8 @@ class CausalWhisperModel(WhisperStreamingModel):
             # no speech left unwritten: a pause at the memory's end? (not at the stream's end, where it would
             # make a final pass over silence, which writes a stray "You")
             if restart is None and self.restarts_early_ends and not state.final:
-                tail = restart_in_quiet_tail(state.audio, len(prefix) + len(hyp.tokens), state.dropped)
-                restart, paused = (tail, True) if tail is not None else (restart, False)
+                restart = restart_in_quiet_tail(state.audio, len(prefix) + len(hyp.tokens), state.dropped)
+                paused = restart is not None
         hyp = replace(hyp, ended_in_pause=paused)
         return hyp, replace(state, restart=now, restart_if_committed=restart)
 
@@ -316,13 +316,14 @@ class CausalWhisperModel(WhisperStreamingModel):
         return (LOOKAHEAD_SAMPLES - FRAME) / 16.0
 
 
-def loud_frames(window: Tensor, dropped: int = 0) -> Tensor:
-    """Which memory frames of `window` (the audio since the encoder's position 0, whose first `dropped` frames are
-    not in the memory) hold speech: energy within 25 dB of the window's loud frames and above -50 dBFS."""
+def memory_energy(window: Tensor, dropped: int = 0) -> tuple[Tensor, Tensor]:
+    """The energy of each memory frame of `window` (the audio since the encoder's position 0, whose first `dropped`
+    frames are not in the memory), and which frames hold speech: energy within 25 dB of the window's loud frames
+    and above -50 dBFS."""
     energy = frame_energy(window)[dropped:]
     if energy.numel() == 0:
-        return energy.bool()
-    return energy > max(SPEECH_FLOOR, float(energy.quantile(0.95)) * SPEECH_BELOW_PEAK)
+        return energy, energy.bool()
+    return energy, energy > max(SPEECH_FLOOR, float(energy.quantile(0.95)) * SPEECH_BELOW_PEAK)
 
 
 def leading_silence(window: Tensor, dropped: int = 0) -> int:
@@ -330,7 +331,7 @@ def leading_silence(window: Tensor, dropped: int = 0) -> int:
     `SENTENCE_PAUSE_FRAMES` before speech (after a restart in a pause, or at a stream's start): all but the
     `LEAD_FRAMES` before the speech, so the decoder reads a memory like its training utterances' (0-600 ms of
     silence first; after 6 s of it, it wrote one word of a sentence and stopped); 0 when there is no such pause."""
-    loud = loud_frames(window, dropped)
+    _, loud = memory_energy(window, dropped)
     if int(loud.sum()) < ONSET_FRAMES:
         return 0
     onset = int(loud.int().argmax())
@@ -340,11 +341,11 @@ def leading_silence(window: Tensor, dropped: int = 0) -> int:
 def restart_in_quiet_tail(window: Tensor, prompt_tokens: int, dropped: int = 0) -> Restart | None:
     """A restart in the pause that ends the memory, when its last `SENTENCE_PAUSE_FRAMES` frames hold no speech
     and some came before: at the quietest frame of the 500 ms after the last loud one; else None."""
-    loud = loud_frames(window, dropped)
+    energy, loud = memory_energy(window, dropped)
     if loud.numel() <= SENTENCE_PAUSE_FRAMES or bool(loud[-SENTENCE_PAUSE_FRAMES:].any()) or not bool(loud.any()):
         return None
     last = int(loud.nonzero()[-1])
-    pause = frame_energy(window)[dropped:][last + 1: last + 1 + PAUSE_SEARCH_FRAMES]
+    pause = energy[last + 1: last + 1 + PAUSE_SEARCH_FRAMES]
     return Restart(last + 1 + int(pause.argmin()), prompt_tokens, loud.numel() - last - 1)
 
 
@@ -352,10 +353,9 @@ def restart_after(frame: int, prompt_tokens: int, window: Tensor, dropped: int =
     """A restart at the quietest frame of the pause after memory frame `frame` (a written word's, with speech in
     the second up to it), if at least `UNWRITTEN_SPEECH_FRAMES` loud frames follow it in `window` (the audio since
     the encoder's position 0, whose first `dropped` frames are not in the memory); else None."""
-    energy = frame_energy(window)[dropped:]
+    energy, loud = memory_energy(window, dropped)
     if frame + 1 >= energy.numel():
         return None
-    loud = loud_frames(window, dropped)
     if not bool(loud[max(0, frame + 1 - WORD_SEARCH_FRAMES): frame + 1].any()):
         return None  # no speech where the word is aligned (a memory that begins in silence): no pause after it
     pause = energy[frame + 1: frame + 1 + PAUSE_SEARCH_FRAMES]
